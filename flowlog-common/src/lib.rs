@@ -1,0 +1,323 @@
+//! Types shared by the flowlog eBPF programs (`flowlog-ebpf`) and the agent
+//! (`flowlog-agent`).
+//!
+//! Everything here is ABI: the kernel programs write these structs into maps and the
+//! agent reads the same bytes back. So every type is `#[repr(C)]`, uses fixed-width
+//! integers only (no `bool`, no `Option`), spells out its padding, and has its size
+//! pinned by a `const` assertion. Userspace-only conveniences live behind the `user`
+//! feature so the eBPF side stays `no_std` and dependency-free.
+#![no_std]
+
+/// Traffic direction as seen by the interface.
+pub mod direction {
+    /// Arriving at the interface from the wire (TC ingress, XDP).
+    pub const IN: u8 = 0;
+    /// Leaving through the interface (TC egress).
+    pub const OUT: u8 = 1;
+}
+
+/// Security-policy verdict of a stream (the `action` field).
+pub mod action {
+    pub const ACCEPT: u8 = 0;
+    pub const REJECT: u8 = 1;
+}
+
+/// IP family of a stream (the `type` field).
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Bits of [`FlowKey::flags`].
+pub mod key_flags {
+    /// `src_port`/`dst_port` hold real ports. Clear for protocols without ports and for
+    /// a non-first IP fragment whose first fragment was never seen.
+    pub const PORTS: u8 = 1 << 0;
+}
+
+/// Value of [`FlowKey::traffic_path`] while the kernel does not classify paths.
+pub const TRAFFIC_PATH_UNCLASSIFIED: u8 = 0xff;
+
+/// Identity of one stream: 5-tuple, interface, direction and verdict.
+///
+/// Addresses are in network byte order; an IPv4 address occupies the first four bytes
+/// of its 16-byte field and the rest is zero. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number of the transport (after IPv6 extension headers).
+    pub protocol: u8,
+    /// [`family`] value.
+    pub family: u8,
+    /// [`direction`] value.
+    pub direction: u8,
+    /// [`action`] value.
+    pub action: u8,
+    /// [`key_flags`] bits.
+    pub flags: u8,
+    /// traffic_path of the contract, [`TRAFFIC_PATH_UNCLASSIFIED`] until the kernel
+    /// classifies paths.
+    pub traffic_path: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+
+/// Counters of one stream in one window, kept per CPU by the kernel and summed by
+/// the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Wire packets: a GSO/GRO super-packet of N segments counts N.
+    pub packets: u64,
+    /// IP-layer bytes of those wire packets (no L2 header, padding or FCS).
+    pub bytes: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds of the first packet (0 = none on this CPU).
+    pub first_ns: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds of the last packet.
+    pub last_ns: u64,
+    /// OR of the TCP flag bytes (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ...).
+    pub tcp_flags: u8,
+    /// 1 once a FIN or RST was seen on the stream in this window.
+    pub closed: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
+
+/// Key of the per-interface skip counters: what could not be placed in a full flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SkipKey {
+    pub ifindex: u32,
+    /// Map generation (0 or 1) the skip belongs to, so that it is drained with the
+    /// flows of the same window.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<SkipKey>() == 8);
+
+/// Streams, packets and bytes that could not be recorded because the flow map was full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipStats {
+    /// Distinct streams skipped (counted once each via the skipped-streams set).
+    pub streams: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets of skipped streams that could not be told apart because the
+    /// skipped-streams set was itself full: `streams` is then a lower bound.
+    pub uncounted_stream_packets: u64,
+}
+const _: () = assert!(core::mem::size_of::<SkipStats>() == 32);
+
+/// Indices of the `COUNTERS` per-CPU array: events the data path counts instead of
+/// logging per packet.
+pub mod counter {
+    /// Packets seen by the programs (all frames, IP or not).
+    pub const SEEN: u32 = 0;
+    /// Frames that carry no IP packet (ARP, LLDP, MPLS...): no flow record.
+    pub const NOT_IP: u32 = 1;
+    /// L2 or L3 header truncated: the packet could not be placed in a stream.
+    pub const TRUNCATED_L3: u32 = 2;
+    /// L4 header truncated or IPv6 extension chain too long/truncated: counted with ports `-`.
+    pub const TRUNCATED_L4: u32 = 3;
+    /// Malformed IP header (bad version, IHL < 5...): counted where possible.
+    pub const MALFORMED: u32 = 4;
+    /// Non-first fragment whose first fragment was not seen: counted with ports `-`.
+    pub const FRAG_UNKNOWN: u32 = 5;
+    /// Flow map full: packet counted in the skip counters instead.
+    pub const FLOW_MAP_FULL: u32 = 6;
+    /// The skip counters map itself was full: the packet is lost to the log.
+    pub const SKIP_MAP_FULL: u32 = 7;
+    /// Any other map error.
+    pub const MAP_ERROR: u32 = 8;
+    /// Fragment-tracking map update failed (ports of later fragments unknown).
+    pub const FRAG_MAP_ERROR: u32 = 9;
+    /// Number of counters.
+    pub const COUNT: u32 = 16;
+
+    /// Names for logs and metrics, indexed by counter.
+    pub const NAMES: [&str; 10] = [
+        "seen",
+        "not_ip",
+        "truncated_l3",
+        "truncated_l4",
+        "malformed",
+        "frag_unknown",
+        "flow_map_full",
+        "skip_map_full",
+        "map_error",
+        "frag_map_error",
+    ];
+}
+
+/// Key of the fragment map: identifies one IP datagram being fragmented.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub ifindex: u32,
+    /// IPv4: 16-bit identification; IPv6: 32-bit identification of the fragment header.
+    pub id: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
+
+/// Ports remembered from the first fragment of a datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
+
+/// Indices of the `CONFIG` array map, written by the agent.
+pub mod config {
+    /// Active generation (0 or 1) of the flow maps.
+    pub const GENERATION: u32 = 0;
+    pub const COUNT: u32 = 4;
+}
+
+/// Names of the maps and programs in the eBPF object.
+pub mod names {
+    pub const FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+    pub const SKIPPED_STREAMS: [&str; 2] = ["SKIPPED_0", "SKIPPED_1"];
+    pub const SKIP_STATS: &str = "SKIP_STATS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const FRAGS: &str = "FRAGS";
+    pub const TC_INGRESS: &str = "flowlog_tc_ingress";
+    pub const TC_EGRESS: &str = "flowlog_tc_egress";
+    pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and explicit
+    // padding fields, so every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for SkipKey {}
+    unsafe impl aya::Pod for SkipStats {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+
+    impl FlowStats {
+        /// Folds another CPU's counters for the same stream into `self`.
+        pub fn merge(&mut self, other: &FlowStats) {
+            if other.packets == 0 {
+                return;
+            }
+            if self.packets == 0 || (other.first_ns != 0 && other.first_ns < self.first_ns) {
+                self.first_ns = other.first_ns;
+            }
+            self.last_ns = self.last_ns.max(other.last_ns);
+            self.packets += other.packets;
+            self.bytes += other.bytes;
+            self.tcp_flags |= other.tcp_flags;
+            self.closed |= other.closed;
+        }
+    }
+
+    impl SkipStats {
+        pub fn merge(&mut self, other: &SkipStats) {
+            self.streams += other.streams;
+            self.packets += other.packets;
+            self.bytes += other.bytes;
+            self.uncounted_stream_packets += other.uncounted_stream_packets;
+        }
+    }
+
+    impl FlowKey {
+        /// Source and destination as `IpAddr`s, by family.
+        pub fn addrs(&self) -> (core::net::IpAddr, core::net::IpAddr) {
+            fn one(family: u8, a: &[u8; 16]) -> core::net::IpAddr {
+                if family == super::family::IPV4 {
+                    core::net::IpAddr::V4(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+                } else {
+                    core::net::IpAddr::V6(core::net::Ipv6Addr::from(*a))
+                }
+            }
+            (
+                one(self.family, &self.src_addr),
+                one(self.family, &self.dst_addr),
+            )
+        }
+
+        /// Whether the ports are real (see [`key_flags::PORTS`]).
+        pub fn has_ports(&self) -> bool {
+            self.flags & key_flags::PORTS != 0
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn merge_takes_earliest_first_and_latest_last() {
+            let mut a = FlowStats {
+                packets: 2,
+                bytes: 200,
+                first_ns: 50,
+                last_ns: 60,
+                tcp_flags: 2,
+                closed: 0,
+                _pad: [0; 6],
+            };
+            let b = FlowStats {
+                packets: 3,
+                bytes: 300,
+                first_ns: 40,
+                last_ns: 55,
+                tcp_flags: 16,
+                closed: 1,
+                _pad: [0; 6],
+            };
+            a.merge(&b);
+            assert_eq!((a.packets, a.bytes, a.first_ns, a.last_ns), (5, 500, 40, 60));
+            assert_eq!((a.tcp_flags, a.closed), (18, 1));
+            // An idle CPU (all zero) changes nothing.
+            a.merge(&FlowStats::default());
+            assert_eq!((a.packets, a.first_ns), (5, 40));
+            let mut empty = FlowStats::default();
+            empty.merge(&b);
+            assert_eq!(empty, b);
+        }
+
+        #[test]
+        fn addrs_by_family() {
+            let mut k = FlowKey {
+                ifindex: 1,
+                src_addr: [0; 16],
+                dst_addr: [0; 16],
+                src_port: 1,
+                dst_port: 2,
+                protocol: 6,
+                family: family::IPV4,
+                direction: direction::IN,
+                action: action::ACCEPT,
+                flags: key_flags::PORTS,
+                traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
+                _pad: [0; 2],
+            };
+            k.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+            k.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+            let (s, d) = k.addrs();
+            assert_eq!(s.to_string(), "10.0.0.1");
+            assert_eq!(d.to_string(), "10.0.0.2");
+            k.family = family::IPV6;
+            k.src_addr = core::net::Ipv6Addr::LOCALHOST.octets();
+            assert_eq!(k.addrs().0.to_string(), "::1");
+            assert!(k.has_ports());
+        }
+    }
+}
