@@ -1,1 +1,365 @@
-//! TODO
+//! `flowlog run`: the agent loop.
+//!
+//! ```text
+//!  load + verify programs ─▶ attach (TCX/clsact, XDP) ─▶ "collecting"
+//!        ┌──────────────────────────────────────────────────────────────┐
+//!        ▼                                                              │
+//!  sleep until the next wall-clock boundary (or SIGINT/SIGTERM: now)    │
+//!        ▼                                                              │
+//!  FlowMaps::switch_and_drain  (generation flip + RCU grace period)     │
+//!        ▼                                                              │
+//!  records: OK per stream, SKIPDATA per interface that overflowed,      │
+//!           NODATA per interface without traffic ─▶ sink ───────────────┘
+//! ```
+//! On a signal the partial window is emitted with `end` = stop time, then the links
+//! are dropped (detaching every program) and the process exits 0.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use flowlog_common::{counter, FlowKey, FlowStats, SkipStats};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{Config, InterfaceConfig},
+    drain::{DrainError, Drained, FlowMaps},
+    loader::{self, LoadError},
+    privilege::{self, PrivilegeError},
+    record::Record,
+    sink::{self, SinkError},
+    window,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    #[error("{source}\n{hint}")]
+    Permission {
+        #[source]
+        source: LoadError,
+        hint: String,
+    },
+    #[error(transparent)]
+    Load(LoadError),
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+    #[error("writing records: {0}")]
+    Sink(#[from] SinkError),
+    #[error("installing signal handlers: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("reading the clock: {0}")]
+    Clock(#[source] std::io::Error),
+}
+
+impl From<LoadError> for AgentError {
+    fn from(e: LoadError) -> Self {
+        if e.is_permission() {
+            AgentError::Permission {
+                source: e,
+                hint: privilege::explain_eperm(),
+            }
+        } else {
+            AgentError::Load(e)
+        }
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> Result<u64, AgentError> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(AgentError::Clock(std::io::Error::last_os_error()));
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+fn unix_now_ns() -> Result<u64, AgentError> {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// `unix_ns - boottime_ns`: turns the kernel's `bpf_ktime_get_boot_ns` stamps into
+/// wall-clock time.
+fn boot_to_unix_offset() -> Result<i128, AgentError> {
+    let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
+    let unix = clock_ns(libc::CLOCK_REALTIME)?;
+    Ok(unix as i128 - boot as i128)
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), AgentError> {
+    privilege::check()?;
+    let mut ebpf = loader::load(&cfg)?;
+    let mut maps = FlowMaps::take(&mut ebpf)?;
+    let attachments = loader::attach(&mut ebpf, &cfg)?;
+    let mut out = sink::open(&cfg.output).await?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+
+    for (iface, hooks) in &attachments.hooks {
+        info!(interface = %iface, hooks = %hooks, "attached");
+    }
+    info!(
+        window = %window::format_window(cfg.window),
+        interfaces = cfg.interfaces.len(),
+        max_flows = cfg.max_flows,
+        "collecting"
+    );
+
+    let mut win_start = unix_now_ns()?;
+    let mut last_counters = maps.counters()?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    loop {
+        let now = unix_now_ns()?;
+        let boundary = window::next_boundary(now, cfg.window);
+        let wait = Duration::from_nanos(boundary.saturating_sub(now));
+        let stop = tokio::select! {
+            _ = tokio::time::sleep_until((Instant::now() + wait).into()) => false,
+            _ = sigint.recv() => true,
+            _ = sigterm.recv() => true,
+        };
+        let win_end = if stop { unix_now_ns()? } else { boundary };
+        let drained = maps.switch_and_drain()?;
+        let offset = boot_to_unix_offset()?;
+        buf.clear();
+        let emitted = render_window(
+            &mut buf,
+            &cfg.interfaces,
+            drained,
+            win_start / 1_000_000_000,
+            win_end / 1_000_000_000,
+            offset,
+        );
+        out.write_batch(&buf).await?;
+        out.flush().await?;
+        debug!(records = emitted, "window emitted");
+
+        let counters = maps.counters()?;
+        report_counters(&last_counters, &counters);
+        last_counters = counters;
+
+        if stop {
+            info!("stopping: partial window emitted, detaching");
+            break;
+        }
+        win_start = win_end;
+    }
+    drop(attachments);
+    drop(maps);
+    drop(ebpf);
+    Ok(())
+}
+
+/// Logs data-path events of the last window that an operator should know about.
+fn report_counters(before: &[u64], after: &[u64]) {
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        let delta = after[i].saturating_sub(before[i]);
+        if delta == 0 {
+            continue;
+        }
+        match i as u32 {
+            counter::SEEN | counter::NOT_IP => debug!(counter = name, delta, "data path"),
+            counter::FLOW_MAP_FULL => {
+                warn!(
+                    counter = name,
+                    delta, "flow map full: packets reported as SKIPDATA (raise --max-flows)"
+                )
+            }
+            counter::SKIP_MAP_FULL | counter::MAP_ERROR => {
+                warn!(counter = name, delta, "packets lost to the log")
+            }
+            _ => info!(counter = name, delta, "data path"),
+        }
+    }
+}
+
+fn to_unix_secs(boot_ns: u64, offset: i128) -> u64 {
+    let unix = boot_ns as i128 + offset;
+    if unix <= 0 {
+        0
+    } else {
+        (unix / 1_000_000_000) as u64
+    }
+}
+
+/// Renders one window's records: OK records per stream (sorted by interface then
+/// stream), a SKIPDATA record per interface that overflowed, and NODATA for each
+/// interface with neither. Returns the number of records.
+pub fn render_window(
+    out: &mut Vec<u8>,
+    interfaces: &[InterfaceConfig],
+    drained: Drained,
+    start_s: u64,
+    end_s: u64,
+    boot_to_unix: i128,
+) -> usize {
+    let mut by_if: BTreeMap<u32, (Vec<(FlowKey, FlowStats)>, Option<SkipStats>)> = BTreeMap::new();
+    for (key, stats) in drained.flows {
+        by_if.entry(key.ifindex).or_default().0.push((key, stats));
+    }
+    for (ifindex, skip) in drained.skipped {
+        let slot = &mut by_if.entry(ifindex).or_default().1;
+        slot.get_or_insert_with(SkipStats::default).merge(&skip);
+    }
+    let mut n = 0;
+    for iface in interfaces {
+        let meta = &iface.meta;
+        let Some((mut flows, skipped)) = by_if.remove(&iface.ifindex) else {
+            Record::NoData {
+                meta,
+                start: start_s,
+                end: end_s,
+            }
+            .write_json(out);
+            n += 1;
+            continue;
+        };
+        flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, stats) in flows {
+            let start = to_unix_secs(stats.first_ns, boot_to_unix).clamp(start_s, end_s);
+            let end = if stats.closed != 0 {
+                to_unix_secs(stats.last_ns, boot_to_unix).clamp(start, end_s)
+            } else {
+                end_s
+            };
+            Record::Flow {
+                meta,
+                key,
+                stats,
+                start,
+                end,
+            }
+            .write_json(out);
+            n += 1;
+        }
+        if let Some(skipped) = skipped {
+            Record::SkipData {
+                meta,
+                start: start_s,
+                end: end_s,
+                skipped,
+            }
+            .write_json(out);
+            n += 1;
+        }
+    }
+    for ifindex in by_if.keys() {
+        warn!(
+            ifindex,
+            "streams on an interface that is not configured: dropped"
+        );
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use flowlog_common::{action, direction, family, key_flags, TRAFFIC_PATH_UNCLASSIFIED};
+
+    use super::*;
+    use crate::record::InterfaceMeta;
+
+    fn iface(name: &str, ifindex: u32) -> InterfaceConfig {
+        InterfaceConfig {
+            name: name.to_owned(),
+            ifindex,
+            meta: InterfaceMeta {
+                eni_id: name.to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn key(ifindex: u32, sport: u16) -> FlowKey {
+        let mut k = FlowKey {
+            ifindex,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: sport,
+            dst_port: 80,
+            protocol: 6,
+            family: family::IPV4,
+            direction: direction::OUT,
+            action: action::ACCEPT,
+            flags: key_flags::PORTS,
+            traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
+            _pad: [0; 2],
+        };
+        k.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        k.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        k
+    }
+
+    fn lines(buf: &[u8]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        std::str::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn window_records_ok_skip_nodata_and_times() {
+        let ifs = [iface("a", 2), iface("b", 3), iface("c", 4)];
+        // Boot time 0 == unix 1000 s.
+        let offset = 1_000_000_000_000i128;
+        let open = FlowStats {
+            packets: 3,
+            bytes: 180,
+            first_ns: 5_500_000_000, // unix 1005.5
+            last_ns: 9_000_000_000,
+            tcp_flags: 0x18,
+            closed: 0,
+            _pad: [0; 6],
+        };
+        let closed = FlowStats {
+            first_ns: 2_000_000_000, // before the window start: clamped
+            last_ns: 7_200_000_000,  // unix 1007
+            tcp_flags: 0x11,
+            closed: 1,
+            ..open
+        };
+        let drained = Drained {
+            flows: vec![(key(2, 2000), closed), (key(2, 1000), open)],
+            skipped: vec![(
+                3,
+                SkipStats {
+                    streams: 2,
+                    packets: 5,
+                    bytes: 500,
+                    uncounted_stream_packets: 0,
+                },
+            )],
+        };
+        let mut buf = Vec::new();
+        let n = render_window(&mut buf, &ifs, drained, 1004, 1010, offset);
+        assert_eq!(n, 4);
+        let recs = lines(&buf);
+        let get = |i: usize, k: &str| recs[i][k].as_str().unwrap().to_owned();
+        // Sorted by stream: port 1000 first.
+        assert_eq!(get(0, "srcport"), "1000");
+        assert_eq!(
+            (get(0, "start"), get(0, "end")),
+            ("1005".into(), "1010".into())
+        );
+        assert_eq!(get(1, "srcport"), "2000");
+        assert_eq!(
+            (get(1, "start"), get(1, "end")),
+            ("1004".into(), "1007".into())
+        );
+        assert_eq!(get(2, "log-status"), "SKIPDATA");
+        assert_eq!(get(2, "eni-id"), "b");
+        assert_eq!(get(2, "skipped-packets"), "5");
+        assert_eq!(get(3, "log-status"), "NODATA");
+        assert_eq!(get(3, "eni-id"), "c");
+        assert_eq!(
+            (get(3, "start"), get(3, "end")),
+            ("1004".into(), "1010".into())
+        );
+    }
+}

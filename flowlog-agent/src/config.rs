@@ -1,1 +1,1054 @@
-//! TODO
+//! Command line and configuration file, parsed once into a validated [`Config`].
+//!
+//! Sources, weakest first: built-in defaults, the TOML file given with `--config`,
+//! then command-line flags. A flag always wins over the file, including the node
+//! metadata flags (`--vpc-id` etc.), which then apply to every interface even where
+//! the file sets a per-interface value. An empty metadata value (`--vpc-id ""` or
+//! `vpc_id = ""`) means explicitly unset (`-` in records).
+//!
+//! Interfaces are the union of the file's `[[interfaces]]` and `--interface` flags,
+//! merged by name in first-seen order (file first). Each is resolved to its ifindex
+//! when the configuration is built, so an unknown name fails at start-up with a
+//! clear message. `--eni-id IF=ID` maps a selected interface to its ENI id (winning
+//! over the file's `eni_id`); the `eni-id` field defaults to the interface name.
+//!
+//! File shape (every table rejects unknown keys):
+//!
+//! ```toml
+//! window = "1m"          # 10s, 90s, 1m, 5m, 10m...
+//! mode = "tc"            # or "xdp": XDP program for ingress, TC for egress
+//! xdp_attach = "auto"    # or "native", "generic" (mode = "xdp" only)
+//! max_flows = 65536      # streams per window per node (flow map capacity)
+//! output = "-"           # "-" = stdout, or a file path (records appended)
+//! [metadata]
+//! account_id = "1210123456"
+//! vm_id = "i-1"
+//! vswitch_id = "vsw-1"
+//! vpc_id = "vpc-1"
+//! [[interfaces]]
+//! name = "eth0"
+//! eni_id = "eni-bp166tg9uk1ryf"   # optional, default the interface name
+//! vm_id = "i-2"                   # optional per-interface vm_id/vswitch_id/vpc_id
+//! ```
+//!
+//! A relative `output` path is taken relative to the agent's working directory, not
+//! to the configuration file.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::{
+    record::InterfaceMeta,
+    window::{parse_window, WindowError},
+};
+
+/// Capture window when neither the file nor `--window` sets one.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+/// Flow map capacity (streams per window per node) by default.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Largest accepted `max_flows`.
+pub const MAX_FLOWS_LIMIT: u32 = 16_777_216;
+/// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
+pub const IFNAME_MAX_LEN: usize = 15;
+/// Process exit code for configuration and usage errors (as clap uses).
+pub const EXIT_USAGE: i32 = 2;
+
+/// `flowlog` command line.
+#[derive(Debug, Parser)]
+#[command(name = "flowlog", version, about = "eBPF VPC flow log agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture streams on interfaces and emit a flow log record per stream at
+    /// every capture-window boundary.
+    Run(RunArgs),
+}
+
+/// Raw flags of `flowlog run`; turned into a [`Config`] by [`Config::from_args`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct RunArgs {
+    /// Interface to capture on (repeatable). Merged with [[interfaces]] of the config
+    /// file.
+    #[arg(short = 'i', long = "interface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Capture window, aligned to wall-clock multiples: 10s, 90s, 1m, 5m, 10m...
+    /// [default: 1m]
+    #[arg(long, value_name = "DUR", allow_hyphen_values = true)]
+    pub window: Option<String>,
+    /// TOML configuration file. Flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Programs to attach [default: tc]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// How to attach the XDP program with --mode xdp [default: auto]
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub xdp_attach: Option<XdpAttach>,
+    /// Streams per window per node: the flow map capacity, 1 to 16777216. Streams
+    /// beyond it are counted in a SKIPDATA record. [default: 65536]
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<u64>,
+    /// Where records go: "-" for stdout, or a file (appended) [default: -]
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// account-id of every record.
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
+    /// vm-id of every record.
+    #[arg(long, value_name = "ID")]
+    pub vm_id: Option<String>,
+    /// vswitch-id of every record.
+    #[arg(long, value_name = "ID")]
+    pub vswitch_id: Option<String>,
+    /// vpc-id of every record.
+    #[arg(long, value_name = "ID")]
+    pub vpc_id: Option<String>,
+    /// ENI id of a selected interface, as IF=ID (repeatable). Default: the interface
+    /// name.
+    #[arg(long = "eni-id", value_name = "IF=ID")]
+    pub eni_ids: Vec<String>,
+}
+
+/// Which programs capture the traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// TC programs on ingress and egress.
+    #[default]
+    Tc,
+    /// XDP program on ingress, TC program on egress.
+    Xdp,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Tc => "tc",
+            Mode::Xdp => "xdp",
+        })
+    }
+}
+
+/// How the XDP program is attached (only with [`Mode::Xdp`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttach {
+    /// Native (driver) mode where the driver supports it, otherwise generic.
+    #[default]
+    Auto,
+    /// Driver mode only; fail if the driver lacks XDP support.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+impl fmt::Display for XdpAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpAttach::Auto => "auto",
+            XdpAttach::Native => "native",
+            XdpAttach::Generic => "generic",
+        })
+    }
+}
+
+/// Where records are written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Stdout,
+    /// A file, opened in append mode (created if missing).
+    File(PathBuf),
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Stdout => f.write_str("stdout"),
+            Output::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The configuration file, as written (see the module docs for the shape).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub window: Option<String>,
+    pub mode: Option<Mode>,
+    pub xdp_attach: Option<XdpAttach>,
+    pub max_flows: Option<u64>,
+    pub output: Option<PathBuf>,
+    #[serde(default)]
+    pub metadata: FileMetadata,
+    #[serde(default)]
+    pub interfaces: Vec<FileInterface>,
+}
+
+/// `[metadata]`: node-wide record fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetadata {
+    pub account_id: Option<String>,
+    pub vm_id: Option<String>,
+    pub vswitch_id: Option<String>,
+    pub vpc_id: Option<String>,
+}
+
+/// One `[[interfaces]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInterface {
+    pub name: String,
+    pub eni_id: Option<String>,
+    pub vm_id: Option<String>,
+    pub vswitch_id: Option<String>,
+    pub vpc_id: Option<String>,
+}
+
+/// Validated configuration of `flowlog run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// At least one, distinct names and ifindexes, in first-seen order.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Capture window, a positive whole number of seconds.
+    pub window: Duration,
+    pub mode: Mode,
+    pub xdp_attach: XdpAttach,
+    /// Flow map capacity, 1..=[`MAX_FLOWS_LIMIT`].
+    pub max_flows: u32,
+    pub output: Output,
+}
+
+/// One interface to capture on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub ifindex: u32,
+    /// Identity written into its records.
+    pub meta: InterfaceMeta,
+}
+
+/// A configuration that cannot be used; every message names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {}: {source}", path.display())]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{field}: {source}")]
+    Window {
+        field: &'static str,
+        #[source]
+        source: WindowError,
+    },
+    #[error("{field}: {value} is out of range: the flow map holds 1 to {MAX_FLOWS_LIMIT} streams")]
+    MaxFlows { field: &'static str, value: u64 },
+    #[error("{field}: output is empty: use \"-\" for stdout or a file path")]
+    EmptyOutput { field: &'static str },
+    #[error("no interface given: pass --interface IF or list [[interfaces]] in the config file")]
+    NoInterface,
+    #[error("{field}: interface name is empty")]
+    InterfaceNameEmpty { field: &'static str },
+    #[error(
+        "{field}: interface name {name:?} is {len} bytes long; Linux interface names have \
+         at most {IFNAME_MAX_LEN}"
+    )]
+    InterfaceNameTooLong {
+        field: &'static str,
+        name: String,
+        len: usize,
+    },
+    #[error(
+        "{field}: interface name {name:?} contains {found:?}, which Linux interface names \
+         cannot contain"
+    )]
+    InterfaceNameInvalid {
+        field: &'static str,
+        name: String,
+        found: char,
+    },
+    #[error("interface {name:?} does not exist on this node (see `ip link`)")]
+    UnknownInterface { name: String },
+    #[error(
+        "interfaces {first:?} and {second:?} are the same device (ifindex {ifindex}): \
+         list it once"
+    )]
+    SameDevice {
+        first: String,
+        second: String,
+        ifindex: u32,
+    },
+    #[error("--eni-id {value:?}: expected IF=ID, e.g. --eni-id eth0=eni-bp166tg9uk1ryf")]
+    EniIdSyntax { value: String },
+    #[error(
+        "--eni-id {interface}={eni_id}: interface {interface:?} is not selected: add \
+         --interface {interface} or list it in [[interfaces]]"
+    )]
+    EniIdForUnselectedInterface { interface: String, eni_id: String },
+    #[error(
+        "[[interfaces]] {interface:?}: eni_id is empty: leave it out to use the interface \
+         name"
+    )]
+    EmptyEniId { interface: String },
+    #[error("interface {interface:?}: conflicting {field} values {first:?} and {second:?}")]
+    Conflict {
+        interface: String,
+        field: &'static str,
+        first: String,
+        second: String,
+    },
+}
+
+impl ConfigError {
+    /// Exit code of the process for this error: always [`EXIT_USAGE`].
+    pub fn exit_code(&self) -> i32 {
+        EXIT_USAGE
+    }
+}
+
+/// Resolves an interface name to its ifindex with `if_nametoindex(3)`; `None` when
+/// no such interface exists (or the name cannot be a C string).
+pub fn resolve_ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Parses the text of a configuration file; `path` is only used in errors.
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Toml {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// An interface while sources are merged.
+#[derive(Default)]
+struct Pending {
+    name: String,
+    eni_id: Option<String>,
+    /// From `--eni-id`, wins over `eni_id`.
+    flag_eni_id: Option<String>,
+    vm_id: Option<String>,
+    vswitch_id: Option<String>,
+    vpc_id: Option<String>,
+}
+
+const FIELD_FILE_IFNAME: &str = "config file [[interfaces]] name";
+
+impl Config {
+    /// Builds the configuration from the flags and the file named by `--config`
+    /// (if any), resolving interfaces with [`resolve_ifindex`].
+    pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Some(parse_file(&text, path)?)
+            }
+            None => None,
+        };
+        Config::from_parts(args, file, resolve_ifindex)
+    }
+
+    /// Builds the configuration from flags and an already parsed file; `resolve`
+    /// maps an interface name to its ifindex (`None`: no such interface).
+    /// `args.config` is ignored here.
+    pub fn from_parts(
+        args: &RunArgs,
+        file: Option<FileConfig>,
+        resolve: impl Fn(&str) -> Option<u32>,
+    ) -> Result<Config, ConfigError> {
+        let file = file.unwrap_or_default();
+
+        let window = match (&args.window, &file.window) {
+            (Some(s), _) => parse_window(s).map_err(|source| ConfigError::Window {
+                field: "--window",
+                source,
+            })?,
+            (None, Some(s)) => parse_window(s).map_err(|source| ConfigError::Window {
+                field: "config file window",
+                source,
+            })?,
+            (None, None) => DEFAULT_WINDOW,
+        };
+
+        let max_flows = match (args.max_flows, file.max_flows) {
+            (Some(v), _) => check_max_flows(v, "--max-flows")?,
+            (None, Some(v)) => check_max_flows(v, "config file max_flows")?,
+            (None, None) => DEFAULT_MAX_FLOWS,
+        };
+
+        let output = match (&args.output, &file.output) {
+            (Some(p), _) => output_from(p, "--output")?,
+            (None, Some(p)) => output_from(p, "config file output")?,
+            (None, None) => Output::Stdout,
+        };
+
+        let mut pending: Vec<Pending> = Vec::new();
+        for entry in file.interfaces {
+            check_ifname(&entry.name, FIELD_FILE_IFNAME)?;
+            if entry.eni_id.as_deref() == Some("") {
+                return Err(ConfigError::EmptyEniId {
+                    interface: entry.name,
+                });
+            }
+            let slot = match pending.iter_mut().position(|p| p.name == entry.name) {
+                Some(i) => &mut pending[i],
+                None => {
+                    pending.push(Pending {
+                        name: entry.name.clone(),
+                        ..Pending::default()
+                    });
+                    pending.last_mut().expect("just pushed")
+                }
+            };
+            let name = &entry.name;
+            merge(&mut slot.eni_id, entry.eni_id, name, "eni_id")?;
+            merge(&mut slot.vm_id, entry.vm_id, name, "vm_id")?;
+            merge(&mut slot.vswitch_id, entry.vswitch_id, name, "vswitch_id")?;
+            merge(&mut slot.vpc_id, entry.vpc_id, name, "vpc_id")?;
+        }
+        for name in &args.interfaces {
+            check_ifname(name, "--interface")?;
+            if !pending.iter().any(|p| &p.name == name) {
+                pending.push(Pending {
+                    name: name.clone(),
+                    ..Pending::default()
+                });
+            }
+        }
+        for value in &args.eni_ids {
+            let (interface, eni_id) = value
+                .split_once('=')
+                .filter(|(i, e)| !i.is_empty() && !e.is_empty())
+                .ok_or_else(|| ConfigError::EniIdSyntax {
+                    value: value.clone(),
+                })?;
+            let Some(slot) = pending.iter_mut().find(|p| p.name == interface) else {
+                return Err(ConfigError::EniIdForUnselectedInterface {
+                    interface: interface.to_owned(),
+                    eni_id: eni_id.to_owned(),
+                });
+            };
+            merge(
+                &mut slot.flag_eni_id,
+                Some(eni_id.to_owned()),
+                interface,
+                "--eni-id",
+            )?;
+        }
+        if pending.is_empty() {
+            return Err(ConfigError::NoInterface);
+        }
+
+        let node = &file.metadata;
+        let account_id = pick(args.account_id.as_deref(), None, node.account_id.as_deref());
+        let mut interfaces: Vec<InterfaceConfig> = Vec::with_capacity(pending.len());
+        for p in pending {
+            let ifindex = resolve(&p.name).ok_or_else(|| ConfigError::UnknownInterface {
+                name: p.name.clone(),
+            })?;
+            if let Some(other) = interfaces.iter().find(|i| i.ifindex == ifindex) {
+                return Err(ConfigError::SameDevice {
+                    first: other.name.clone(),
+                    second: p.name,
+                    ifindex,
+                });
+            }
+            let meta = InterfaceMeta {
+                eni_id: p.flag_eni_id.or(p.eni_id).unwrap_or_else(|| p.name.clone()),
+                account_id: account_id.clone(),
+                vm_id: pick(
+                    args.vm_id.as_deref(),
+                    p.vm_id.as_deref(),
+                    node.vm_id.as_deref(),
+                ),
+                vswitch_id: pick(
+                    args.vswitch_id.as_deref(),
+                    p.vswitch_id.as_deref(),
+                    node.vswitch_id.as_deref(),
+                ),
+                vpc_id: pick(
+                    args.vpc_id.as_deref(),
+                    p.vpc_id.as_deref(),
+                    node.vpc_id.as_deref(),
+                ),
+            };
+            interfaces.push(InterfaceConfig {
+                name: p.name,
+                ifindex,
+                meta,
+            });
+        }
+
+        Ok(Config {
+            interfaces,
+            window,
+            mode: args.mode.or(file.mode).unwrap_or_default(),
+            xdp_attach: args.xdp_attach.or(file.xdp_attach).unwrap_or_default(),
+            max_flows,
+            output,
+        })
+    }
+}
+
+fn check_max_flows(value: u64, field: &'static str) -> Result<u32, ConfigError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| (1..=MAX_FLOWS_LIMIT).contains(v))
+        .ok_or(ConfigError::MaxFlows { field, value })
+}
+
+fn output_from(path: &Path, field: &'static str) -> Result<Output, ConfigError> {
+    if path.as_os_str().is_empty() {
+        Err(ConfigError::EmptyOutput { field })
+    } else if path.as_os_str() == "-" {
+        Ok(Output::Stdout)
+    } else {
+        Ok(Output::File(path.to_owned()))
+    }
+}
+
+/// The kernel's `dev_valid_name` rules, plus no control characters (a NUL could not
+/// reach `if_nametoindex`).
+fn check_ifname(name: &str, field: &'static str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::InterfaceNameEmpty { field });
+    }
+    if name.len() > IFNAME_MAX_LEN {
+        return Err(ConfigError::InterfaceNameTooLong {
+            field,
+            name: name.to_owned(),
+            len: name.len(),
+        });
+    }
+    let bad = name
+        .chars()
+        .find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control());
+    let bad = bad.or_else(|| matches!(name, "." | "..").then_some('.'));
+    match bad {
+        Some(found) => Err(ConfigError::InterfaceNameInvalid {
+            field,
+            name: name.to_owned(),
+            found,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Fills `slot` with `new`; two different values for one interface are an error.
+fn merge(
+    slot: &mut Option<String>,
+    new: Option<String>,
+    interface: &str,
+    field: &'static str,
+) -> Result<(), ConfigError> {
+    match (slot.as_ref(), new) {
+        (_, None) => Ok(()),
+        (None, new) => {
+            *slot = new;
+            Ok(())
+        }
+        (Some(first), Some(second)) if *first == second => Ok(()),
+        (Some(first), Some(second)) => Err(ConfigError::Conflict {
+            interface: interface.to_owned(),
+            field,
+            first: first.clone(),
+            second,
+        }),
+    }
+}
+
+/// A metadata value: the flag if given, else the per-interface value, else the
+/// node-wide one; an empty string is explicitly unset.
+fn pick(flag: Option<&str>, per_interface: Option<&str>, node: Option<&str>) -> Option<String> {
+    let v = flag.or(per_interface).or(node)?;
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const FULL: &str = r#"
+window = "5m"
+mode = "xdp"
+xdp_attach = "native"
+max_flows = 1000
+output = "/var/log/flowlog/flows.jsonl"
+
+[metadata]
+account_id = "1210123456"
+vm_id = "i-1"
+vswitch_id = "vsw-1"
+vpc_id = "vpc-1"
+
+[[interfaces]]
+name = "eth0"
+eni_id = "eni-bp166tg9uk1ryf"
+
+[[interfaces]]
+name = "eth1"
+vm_id = "i-2"
+vpc_id = ""
+"#;
+
+    fn resolver(name: &str) -> Option<u32> {
+        match name {
+            "lo" => Some(1),
+            "eth0" => Some(2),
+            "eth1" => Some(3),
+            "br0" => Some(4),
+            "eth0-alt" => Some(2),
+            _ => None,
+        }
+    }
+
+    fn run(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["flowlog", "run"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(args) => args,
+        }
+    }
+
+    fn file(text: &str) -> FileConfig {
+        parse_file(text, Path::new("test.toml")).unwrap()
+    }
+
+    fn build(argv: &[&str], text: Option<&str>) -> Result<Config, ConfigError> {
+        Config::from_parts(&run(argv), text.map(file), resolver)
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn full_example_file() {
+        let c = build(&[], Some(FULL)).unwrap();
+        assert_eq!(c.window, Duration::from_secs(300));
+        assert_eq!(c.mode, Mode::Xdp);
+        assert_eq!(c.xdp_attach, XdpAttach::Native);
+        assert_eq!(c.max_flows, 1000);
+        assert_eq!(
+            c.output,
+            Output::File("/var/log/flowlog/flows.jsonl".into())
+        );
+        assert_eq!(
+            c.interfaces,
+            vec![
+                InterfaceConfig {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    meta: InterfaceMeta {
+                        eni_id: "eni-bp166tg9uk1ryf".into(),
+                        account_id: Some("1210123456".into()),
+                        vm_id: Some("i-1".into()),
+                        vswitch_id: Some("vsw-1".into()),
+                        vpc_id: Some("vpc-1".into()),
+                    },
+                },
+                InterfaceConfig {
+                    name: "eth1".into(),
+                    ifindex: 3,
+                    meta: InterfaceMeta {
+                        eni_id: "eth1".into(),
+                        account_id: Some("1210123456".into()),
+                        vm_id: Some("i-2".into()),
+                        vswitch_id: Some("vsw-1".into()),
+                        vpc_id: None,
+                    },
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = build(&["-i", "eth0"], None).unwrap();
+        assert_eq!(c.window, DEFAULT_WINDOW);
+        assert_eq!(c.window, Duration::from_secs(60));
+        assert_eq!(c.mode, Mode::Tc);
+        assert_eq!(c.xdp_attach, XdpAttach::Auto);
+        assert_eq!(c.max_flows, 65_536);
+        assert_eq!(c.output, Output::Stdout);
+        assert_eq!(
+            c.interfaces,
+            vec![InterfaceConfig {
+                name: "eth0".into(),
+                ifindex: 2,
+                meta: InterfaceMeta {
+                    eni_id: "eth0".into(),
+                    ..InterfaceMeta::default()
+                },
+            }]
+        );
+        // An empty file gives the same.
+        assert_eq!(build(&["-i", "eth0"], Some("")).unwrap(), c);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = build(
+            &[
+                "--window",
+                "10s",
+                "--mode",
+                "tc",
+                "--xdp-attach",
+                "generic",
+                "--max-flows",
+                "16777216",
+                "--output",
+                "-",
+                "--account-id",
+                "acct-2",
+                "--vm-id",
+                "i-9",
+                "--vpc-id",
+                "vpc-9",
+                "--vswitch-id",
+                "",
+                "-i",
+                "br0",
+                "-i",
+                "eth0",
+                "--eni-id",
+                "eth0=eni-flag",
+                "--eni-id",
+                "br0=eni-br",
+            ],
+            Some(FULL),
+        )
+        .unwrap();
+        assert_eq!(c.window, Duration::from_secs(10));
+        assert_eq!(c.mode, Mode::Tc);
+        assert_eq!(c.xdp_attach, XdpAttach::Generic);
+        assert_eq!(c.max_flows, MAX_FLOWS_LIMIT);
+        assert_eq!(c.output, Output::Stdout);
+        let names: Vec<&str> = c.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth1", "br0"]);
+        for i in &c.interfaces {
+            assert_eq!(i.meta.account_id.as_deref(), Some("acct-2"));
+            assert_eq!(i.meta.vm_id.as_deref(), Some("i-9"), "{}", i.name);
+            assert_eq!(i.meta.vpc_id.as_deref(), Some("vpc-9"));
+            assert_eq!(i.meta.vswitch_id, None, "empty flag unsets");
+        }
+        let eni: Vec<&str> = c
+            .interfaces
+            .iter()
+            .map(|i| i.meta.eni_id.as_str())
+            .collect();
+        assert_eq!(eni, ["eni-flag", "eth1", "eni-br"]);
+        assert_eq!(c.interfaces[2].ifindex, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        for (text, key) in [
+            ("windw = \"1m\"\n", "windw"),
+            ("[metadata]\nzone = \"cn-hangzhou\"\n", "zone"),
+            ("[[interfaces]]\nname = \"eth0\"\nmtu = 1500\n", "mtu"),
+        ] {
+            let e = parse_file(text, Path::new("/etc/flowlog.toml")).unwrap_err();
+            assert!(matches!(e, ConfigError::Toml { .. }));
+            let msg = e.to_string();
+            assert!(msg.contains(key), "{msg}");
+            assert!(msg.contains("/etc/flowlog.toml"), "{msg}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        let e = parse_file("mode = \"ebpf\"\n", Path::new("f.toml")).unwrap_err();
+        assert!(e.to_string().contains("ebpf"), "{e}");
+        let e = parse_file("[[interfaces]]\neni_id = \"x\"\n", Path::new("f.toml")).unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
+    }
+
+    #[test]
+    fn bad_windows_are_rejected_naming_the_source() {
+        for w in ["0", "abc", "0m", "1h", "-5s", ""] {
+            let e = build(&["-i", "eth0", "--window", w], None).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Window {
+                        field: "--window",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.starts_with("--window: invalid window"), "{msg}");
+            assert!(msg.contains("e.g. 10s, 1m, 5m, 10m"), "{msg}");
+            let text = format!("window = {w:?}\n");
+            let e = build(&["-i", "eth0"], Some(&text)).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Window {
+                        field: "config file window",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        // A good flag wins over a bad file value (the file value is never used).
+        let c = build(&["-i", "eth0", "--window", "1m"], Some("window = \"0\"\n")).unwrap();
+        assert_eq!(c.window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn interfaces_must_exist() {
+        let e = build(&["-i", "eth9"], None).unwrap_err();
+        assert!(matches!(&e, ConfigError::UnknownInterface { name } if name == "eth9"));
+        assert_eq!(
+            e.to_string(),
+            "interface \"eth9\" does not exist on this node (see `ip link`)"
+        );
+        let e = build(&[], None).unwrap_err();
+        assert!(matches!(e, ConfigError::NoInterface));
+        assert_eq!(
+            e.to_string(),
+            "no interface given: pass --interface IF or list [[interfaces]] in the config file"
+        );
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        let e = build(&["-i", ""], None).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::InterfaceNameEmpty {
+                field: "--interface"
+            }
+        ));
+        let e = build(&["-i", "averyveryverylong0"], None).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::InterfaceNameTooLong { len: 18, .. }
+        ));
+        for (name, found) in [("eth0:1", ':'), ("a/b", '/'), ("a b", ' '), ("..", '.')] {
+            let e = build(&["-i", name], None).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::InterfaceNameInvalid { found: f, .. } if *f == found),
+                "{name}: {e:?}"
+            );
+        }
+        let e = build(&[], Some("[[interfaces]]\nname = \"\"\n")).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::InterfaceNameEmpty {
+                field: FIELD_FILE_IFNAME
+            }
+        ));
+        // 15 bytes is the limit.
+        let e = build(&["-i", "abcdefghijklmno"], None).unwrap_err();
+        assert!(matches!(e, ConfigError::UnknownInterface { .. }));
+    }
+
+    #[test]
+    fn duplicates_collapse_and_aliases_are_rejected() {
+        let c = build(
+            &["-i", "eth0", "-i", "eth0", "-i", "eth1"],
+            Some("[[interfaces]]\nname = \"eth1\"\n[[interfaces]]\nname = \"eth1\"\neni_id = \"e\"\n"),
+        )
+        .unwrap();
+        let names: Vec<&str> = c.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth1", "eth0"]);
+        assert_eq!(c.interfaces[0].meta.eni_id, "e");
+
+        let e = build(&["-i", "eth0", "-i", "eth0-alt"], None).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::SameDevice { ifindex: 2, .. }),
+            "{e:?}"
+        );
+
+        let e = build(
+            &[],
+            Some("[[interfaces]]\nname = \"eth1\"\neni_id = \"a\"\n[[interfaces]]\nname = \"eth1\"\neni_id = \"b\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Conflict { field: "eni_id", first, second, .. } if first == "a" && second == "b"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn eni_id_mapping() {
+        let c = build(
+            &[
+                "-i",
+                "eth0",
+                "-i",
+                "eth1",
+                "--eni-id",
+                "eth1=eni-1",
+                "--eni-id",
+                "eth1=eni-1",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.interfaces[0].meta.eni_id, "eth0");
+        assert_eq!(c.interfaces[1].meta.eni_id, "eni-1");
+        // The value may itself contain '='.
+        let c = build(&["-i", "eth0", "--eni-id", "eth0=a=b"], None).unwrap();
+        assert_eq!(c.interfaces[0].meta.eni_id, "a=b");
+
+        for bad in ["eth0", "=eni-1", "eth0=", ""] {
+            let e = build(&["-i", "eth0", "--eni-id", bad], None).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::EniIdSyntax { value } if value == bad),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = build(&["-i", "eth0", "--eni-id", "eth1=eni-1"], None).unwrap_err();
+        assert!(matches!(
+            &e,
+            ConfigError::EniIdForUnselectedInterface { interface, eni_id }
+                if interface == "eth1" && eni_id == "eni-1"
+        ));
+        assert!(e.to_string().contains("--interface eth1"), "{e}");
+        let e = build(
+            &["-i", "eth0", "--eni-id", "eth0=a", "--eni-id", "eth0=b"],
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Conflict {
+                field: "--eni-id",
+                ..
+            }
+        ));
+        let e = build(
+            &[],
+            Some("[[interfaces]]\nname = \"eth0\"\neni_id = \"\"\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::EmptyEniId { .. }));
+    }
+
+    #[test]
+    fn xdp_mode() {
+        let c = build(&["-i", "eth0", "--mode", "xdp"], None).unwrap();
+        assert_eq!((c.mode, c.xdp_attach), (Mode::Xdp, XdpAttach::Auto));
+        let c = build(
+            &["-i", "eth0", "--mode", "xdp", "--xdp-attach", "generic"],
+            None,
+        )
+        .unwrap();
+        assert_eq!((c.mode, c.xdp_attach), (Mode::Xdp, XdpAttach::Generic));
+        let c = build(
+            &["-i", "eth0"],
+            Some("mode = \"xdp\"\nxdp_attach = \"native\"\n"),
+        )
+        .unwrap();
+        assert_eq!((c.mode, c.xdp_attach), (Mode::Xdp, XdpAttach::Native));
+        assert!(Cli::try_parse_from(["flowlog", "run", "--mode", "bpf"]).is_err());
+        assert_eq!(Mode::Xdp.to_string(), "xdp");
+        assert_eq!(XdpAttach::Generic.to_string(), "generic");
+    }
+
+    #[test]
+    fn max_flows_bounds() {
+        for bad in ["0", "16777217", "4294967296", "18446744073709551615"] {
+            let e = build(&["-i", "eth0", "--max-flows", bad], None).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::MaxFlows { field: "--max-flows", value } if value.to_string() == bad),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = build(&["-i", "eth0"], Some("max_flows = 0\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config file max_flows: 0 is out of range"),
+            "{e}"
+        );
+        assert!(parse_file("max_flows = -1\n", Path::new("f")).is_err());
+        let c = build(&["-i", "eth0", "--max-flows", "1"], None).unwrap();
+        assert_eq!(c.max_flows, 1);
+    }
+
+    #[test]
+    fn output_paths() {
+        let c = build(&["-i", "eth0", "--output", "flows.jsonl"], None).unwrap();
+        assert_eq!(c.output, Output::File("flows.jsonl".into()));
+        let c = build(&["-i", "eth0", "--output", "-"], Some("output = \"/x\"\n")).unwrap();
+        assert_eq!(c.output, Output::Stdout);
+        let c = build(&["-i", "eth0"], Some("output = \"-\"\n")).unwrap();
+        assert_eq!(c.output, Output::Stdout);
+        let e = build(&["-i", "eth0"], Some("output = \"\"\n")).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::EmptyOutput {
+                field: "config file output"
+            }
+        ));
+        // clap already rejects `--output ""`; a hand-built RunArgs is still checked.
+        assert!(Cli::try_parse_from(["flowlog", "run", "--output", ""]).is_err());
+        let mut args = run(&["-i", "eth0"]);
+        args.output = Some(PathBuf::new());
+        let e = Config::from_parts(&args, None, resolver).unwrap_err();
+        assert!(matches!(e, ConfigError::EmptyOutput { field: "--output" }));
+        assert_eq!(Output::File("/a/b".into()).to_string(), "/a/b");
+    }
+
+    #[test]
+    fn from_args_reads_the_file() {
+        let dir = std::env::temp_dir().join(format!("flowlog-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flowlog.toml");
+        std::fs::write(&path, "window = \"10m\"\n[[interfaces]]\nname = \"lo\"\n").unwrap();
+        let mut args = run(&[]);
+        args.config = Some(path.clone());
+        let c = Config::from_args(&args).unwrap();
+        assert_eq!(c.window, Duration::from_secs(600));
+        assert_eq!(c.interfaces[0].name, "lo");
+        assert!(c.interfaces[0].ifindex > 0);
+
+        args.config = Some(dir.join("missing.toml"));
+        let e = Config::from_args(&args).unwrap_err();
+        assert!(matches!(e, ConfigError::ReadFile { .. }));
+        let msg = e.to_string();
+        assert!(msg.starts_with("cannot read config file "), "{msg}");
+        assert!(msg.contains("missing.toml"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn real_resolver() {
+        assert!(resolve_ifindex("lo").is_some());
+        assert_eq!(resolve_ifindex("flowlog-nope0"), None);
+        assert_eq!(resolve_ifindex("a\0b"), None);
+    }
+}

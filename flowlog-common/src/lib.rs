@@ -283,7 +283,10 @@ mod user {
                 _pad: [0; 6],
             };
             a.merge(&b);
-            assert_eq!((a.packets, a.bytes, a.first_ns, a.last_ns), (5, 500, 40, 60));
+            assert_eq!(
+                (a.packets, a.bytes, a.first_ns, a.last_ns),
+                (5, 500, 40, 60)
+            );
             assert_eq!((a.tcp_flags, a.closed), (18, 1));
             // An idle CPU (all zero) changes nothing.
             a.merge(&FlowStats::default());

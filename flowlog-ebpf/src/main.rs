@@ -1,2 +1,37 @@
-#![no_std]
-#![no_main]
+//! flowlog's kernel side: TC (ingress/egress) and XDP (ingress) observers that count
+//! every packet into per-stream counters.
+//!
+//! ```text
+//!             wire                                                 host stack
+//!  ──frame──▶ [XDP flowlog_xdp_ingress] ─▶ [TC ingress flowlog_tc_ingress] ─▶ ...
+//!  ◀─frame─── [TC egress flowlog_tc_egress] ◀──────────────────────────────── ...
+//!                        │ parse: Ethernet ▸ 802.1Q/802.1ad ▸ IPv4/IPv6 (+ext hdrs) ▸ L4 ports
+//!                        ▼
+//!  CONFIG[GENERATION] ─▶ FLOWS_<gen>  per-CPU hash  FlowKey ─▶ FlowStats
+//!                        │  full? ─▶ SKIPPED_<gen> (distinct skipped streams)
+//!                        │          SKIP_STATS {ifindex, gen} (skipped packets/bytes)
+//!  FRAGS (LRU): ports of first fragments, for the later fragments of a datagram
+//!  COUNTERS (per-CPU): parse errors and map events, never a per-packet log
+//! ```
+//!
+//! The programs only observe: every path returns `TC_ACT_UNSPEC` (continue with the
+//! next program / default action) or `XDP_PASS`, whatever the packet looks like.
+//!
+//! Window switch: the agent flips `CONFIG[GENERATION]` and then waits for an RCU grace
+//! period. A program reads the generation once, at its start, and runs entirely inside
+//! one RCU read-side section, so after the grace period no program can still write the
+//! old generation's maps, and the agent drains them while nothing races with it.
+//!
+//! Counting: a GSO/GRO super-packet of N segments counts N packets and the IP bytes of
+//! N wire packets (`IP length + (N-1) * (IP + L4 header length)`). Bytes are IP-layer
+//! bytes (IPv4 total length, IPv6 40 + payload length), never Ethernet padding.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod prog;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // The programs only build for the BPF target (from flowlog-agent's build.rs).
+}

@@ -1,1 +1,139 @@
-fn main(){}
+//! `cargo xtask`: the few commands a developer or an operator types.
+//!
+//! - `cargo xtask run -- <flowlog args>`: build the agent (release, with its eBPF
+//!   object) and run it, through `sudo` when not root.
+//! - `cargo xtask test`: unit tests (unprivileged), then the kernel and namespace
+//!   integration tests as root.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "flowlog developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the agent in release mode and run it: `cargo xtask run -- run --interface eth0`
+    /// (the leading `run` may be left out).
+    Run {
+        /// Arguments for `flowlog`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test tier: unit tests, then kernel and network-namespace tests as root.
+    Test {
+        /// Extra arguments for the root test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn status(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A command that runs as root: directly when we are root, else through sudo.
+fn privileged(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(program);
+        c
+    }
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn run(mut args: Vec<String>) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "flowlog-agent"]);
+    status(build)?;
+    let bin = target_dir().join("release/flowlog");
+    if args.first().is_none_or(|a| a.starts_with('-')) {
+        args.insert(0, "run".into());
+    }
+    let mut cmd = privileged(&bin);
+    cmd.args(&args);
+    status(cmd)
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    // Tier 1: pure unit tests, unprivileged (default members).
+    let mut unit = cargo();
+    unit.arg("test");
+    status(unit)?;
+
+    // Tiers 2 and 3 need the agent binary and root.
+    let mut build = cargo();
+    build.args(["build", "-p", "flowlog-agent"]);
+    status(build)?;
+    let mut build_tests = cargo();
+    build_tests.args(["test", "-p", "flowlog-tests", "--no-run"]);
+    status(build_tests)?;
+
+    let bin = target_dir().join("debug/flowlog");
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut root = privileged(Path::new(&cargo_bin));
+    root.current_dir(workspace_root())
+        .env("FLOWLOG_BIN", &bin)
+        .args(["test", "-p", "flowlog-tests", "--"])
+        .args(&args);
+    status(root)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Task::Run { args } => run(args),
+        Task::Test { args } => test(args),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! Program entries, maps and the packet parser. See the crate header for the data path.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{TcContext, XdpContext},
+    EbpfContext as _,
+};
+use flowlog_common::{
+    action, counter, direction, family, key_flags, FlowKey, FlowStats, FragKey, FragPorts, SkipKey,
+    SkipStats, TRAFFIC_PATH_UNCLASSIFIED,
+};
+
+/// Default capacities; the agent sets the real ones at load time.
+const FLOWS_MAX: u32 = 65536;
+const SKIPPED_MAX: u32 = 16384;
+
+#[map(name = "FLOWS_0")]
+static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(FLOWS_MAX, 0);
+#[map(name = "FLOWS_1")]
+static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(FLOWS_MAX, 0);
+#[map(name = "SKIPPED_0")]
+static SKIPPED_0: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
+#[map(name = "SKIPPED_1")]
+static SKIPPED_1: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
+#[map(name = "SKIP_STATS")]
+static SKIP_STATS: PerCpuHashMap<SkipKey, SkipStats> = PerCpuHashMap::with_max_entries(4096, 0);
+#[map(name = "CONFIG")]
+static CONFIG: Array<u32> = Array::with_max_entries(flowlog_common::config::COUNT, 0);
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map(name = "FRAGS")]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(8192, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_P_QINQ_OLD: u16 = 0x9100;
+/// 802.1Q / 802.1ad tags followed (outer S-tag, inner C-tag, one spare).
+const MAX_VLAN_TAGS: usize = 3;
+/// IPv6 extension headers followed before giving up on reaching L4.
+const MAX_IPV6_EXT: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_DCCP: u8 = 33;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+const EEXIST: i32 = -17;
+
+#[classifier]
+pub fn flowlog_tc_ingress(ctx: TcContext) -> i32 {
+    observe(&Skb(&ctx), direction::IN);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn flowlog_tc_egress(ctx: TcContext) -> i32 {
+    observe(&Skb(&ctx), direction::OUT);
+    TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn flowlog_xdp_ingress(ctx: XdpContext) -> u32 {
+    observe(&Xdp(&ctx), direction::IN);
+    xdp_action::XDP_PASS
+}
+
+/// Read access to a packet, bounds-checked by the kernel helpers.
+trait Packet {
+    /// Reads a `T` at `offset` from the start of the frame.
+    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// Frame length as the program sees it (linear + paged data).
+    fn len(&self) -> u32;
+    fn ifindex(&self) -> u32;
+    /// Wire segments this frame stands for (GSO/GRO super-packets), at least 1.
+    fn segments(&self) -> u32;
+}
+
+struct Skb<'a>(&'a TcContext);
+
+impl Packet for Skb<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.0.load::<T>(offset).ok()
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer is the kernel's `__sk_buff` for this run.
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn segments(&self) -> u32 {
+        // SAFETY: as above; `gso_segs` is a readable `__sk_buff` field.
+        let segs = unsafe { (*self.0.skb.skb).gso_segs };
+        if segs == 0 {
+            1
+        } else {
+            segs
+        }
+    }
+}
+
+struct Xdp<'a>(&'a XdpContext);
+
+impl Packet for Xdp<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
+        let ret = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.as_ptr().cast(),
+                offset as u32,
+                v.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 {
+            // SAFETY: fully initialised by the helper on success.
+            Some(unsafe { v.assume_init() })
+        } else {
+            None
+        }
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.0.data_end() - self.0.data()) as u32
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
+    }
+    #[inline(always)]
+    fn segments(&self) -> u32 {
+        1
+    }
+}
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot; BPF programs on one CPU do not preempt each other.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn be16(v: [u8; 2]) -> u16 {
+    u16::from_be_bytes(v)
+}
+
+/// What the parser learnt about one frame.
+struct Parsed {
+    key: FlowKey,
+    /// IP-layer bytes of the wire packets this frame stands for.
+    bytes: u64,
+    packets: u64,
+    tcp_flags: u8,
+}
+
+#[inline(always)]
+fn observe<P: Packet>(pkt: &P, dir: u8) {
+    bump(counter::SEEN);
+    if let Some(p) = parse(pkt, dir) {
+        record(&p);
+    }
+}
+
+/// Parses a frame into its stream key and wire figures. `None` when the frame carries
+/// no IP packet that can be placed in a stream (the reason is counted).
+#[inline(always)]
+fn parse<P: Packet>(pkt: &P, dir: u8) -> Option<Parsed> {
+    let Some(mut proto) = pkt.load::<[u8; 2]>(12).map(be16) else {
+        bump(counter::TRUNCATED_L3);
+        return None;
+    };
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD && proto != ETH_P_QINQ_OLD {
+            break;
+        }
+        let Some(inner) = pkt.load::<[u8; 2]>(off + 2).map(be16) else {
+            bump(counter::TRUNCATED_L3);
+            return None;
+        };
+        proto = inner;
+        off += 4;
+    }
+    let key = FlowKey {
+        ifindex: pkt.ifindex(),
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        protocol: 0,
+        family: 0,
+        direction: dir,
+        action: action::ACCEPT,
+        flags: 0,
+        traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
+        _pad: [0; 2],
+    };
+    let segs = pkt.segments();
+    match proto {
+        ETH_P_IP => parse_ipv4(pkt, off, segs, key),
+        ETH_P_IPV6 => parse_ipv6(pkt, off, segs, key),
+        _ => {
+            bump(counter::NOT_IP);
+            None
+        }
+    }
+}
+
+/// First 20 bytes of an IPv4 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    check: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    ver_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Option<Parsed> {
+    let Some(ip) = pkt.load::<Ipv4Hdr>(off) else {
+        bump(counter::TRUNCATED_L3);
+        return None;
+    };
+    if ip.ver_ihl >> 4 != 4 {
+        bump(counter::MALFORMED);
+        return None;
+    }
+    key.family = family::IPV4;
+    key.protocol = ip.protocol;
+    key.src_addr[..4].copy_from_slice(&ip.saddr);
+    key.dst_addr[..4].copy_from_slice(&ip.daddr);
+    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
+    let tot_len = be16(ip.tot_len) as u64;
+    // Super-packets (GSO/GRO, BIG TCP with tot_len 0) carry their size in the frame
+    // length; a single packet's own length field excludes Ethernet padding/trailers.
+    let ip_len = if segs > 1 || tot_len == 0 {
+        (pkt.len() as u64).saturating_sub(off as u64)
+    } else {
+        tot_len
+    };
+    let mut parsed = Parsed {
+        key,
+        bytes: ip_len,
+        packets: segs as u64,
+        tcp_flags: 0,
+    };
+    if ihl < 20 {
+        bump(counter::MALFORMED);
+        return Some(parsed);
+    }
+    let frag = be16(ip.frag_off);
+    let frag_offset = frag & 0x1fff;
+    let more_frags = frag & 0x2000 != 0;
+    let frag_key = FragKey {
+        ifindex: parsed.key.ifindex,
+        id: be16(ip.id) as u32,
+        src_addr: parsed.key.src_addr,
+        dst_addr: parsed.key.dst_addr,
+        protocol: ip.protocol,
+        direction: parsed.key.direction,
+        _pad: [0; 2],
+    };
+    if frag_offset != 0 {
+        later_fragment(&mut parsed.key, &frag_key);
+        return Some(parsed);
+    }
+    let hdr = parse_l4(pkt, off + ihl, &mut parsed);
+    if more_frags {
+        first_fragment(&parsed.key, &frag_key);
+    }
+    if segs > 1 {
+        parsed.bytes += (segs as u64 - 1) * (ihl as u64 + hdr as u64);
+    }
+    Some(parsed)
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Option<Parsed> {
+    let Some(ip) = pkt.load::<Ipv6Hdr>(off) else {
+        bump(counter::TRUNCATED_L3);
+        return None;
+    };
+    if ip.ver_tc_flow[0] >> 4 != 6 {
+        bump(counter::MALFORMED);
+        return None;
+    }
+    key.family = family::IPV6;
+    key.src_addr = ip.saddr;
+    key.dst_addr = ip.daddr;
+    let payload_len = be16(ip.payload_len) as u64;
+    let ip_len = if segs > 1 || payload_len == 0 {
+        (pkt.len() as u64).saturating_sub(off as u64)
+    } else {
+        40 + payload_len
+    };
+    let mut next = ip.next_hdr;
+    let mut l4 = off + 40;
+    let mut frag: Option<(u32, bool, bool)> = None; // (id, first, more)
+    let mut reached_l4 = false;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+            | IPPROTO_SHIM6 => {
+                let Some(h) = pkt.load::<[u8; 2]>(l4) else {
+                    break;
+                };
+                next = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let Some(h) = pkt.load::<[u8; 2]>(l4) else {
+                    break;
+                };
+                next = h[0];
+                l4 += (h[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(h) = pkt.load::<[u8; 8]>(l4) else {
+                    break;
+                };
+                next = h[0];
+                let fo = be16([h[2], h[3]]);
+                frag = Some((
+                    u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                    fo >> 3 == 0,
+                    fo & 1 != 0,
+                ));
+                l4 += 8;
+                if fo >> 3 != 0 {
+                    // A later fragment: its payload is no L4 header.
+                    reached_l4 = true;
+                    break;
+                }
+            }
+            _ => {
+                reached_l4 = true;
+                break;
+            }
+        }
+    }
+    key.protocol = next;
+    let mut parsed = Parsed {
+        key,
+        bytes: ip_len,
+        packets: segs as u64,
+        tcp_flags: 0,
+    };
+    if !reached_l4 {
+        bump(counter::TRUNCATED_L4);
+        return Some(parsed);
+    }
+    let frag_key = FragKey {
+        ifindex: parsed.key.ifindex,
+        id: 0,
+        src_addr: parsed.key.src_addr,
+        dst_addr: parsed.key.dst_addr,
+        protocol: next,
+        direction: parsed.key.direction,
+        _pad: [0; 2],
+    };
+    if let Some((id, false, _)) = frag {
+        let fk = FragKey { id, ..frag_key };
+        later_fragment(&mut parsed.key, &fk);
+        return Some(parsed);
+    }
+    let hdr = parse_l4(pkt, l4, &mut parsed);
+    if let Some((id, true, true)) = frag {
+        let fk = FragKey { id, ..frag_key };
+        first_fragment(&parsed.key, &fk);
+    }
+    if segs > 1 {
+        parsed.bytes += (segs as u64 - 1) * ((l4 - off) as u64 + hdr as u64);
+    }
+    Some(parsed)
+}
+
+/// Reads ports (and TCP flags) of the transport header at `off`. Returns the L4
+/// header length that every GSO segment repeats (0 when unknown).
+#[inline(always)]
+fn parse_l4<P: Packet>(pkt: &P, off: usize, parsed: &mut Parsed) -> u32 {
+    let proto = parsed.key.protocol;
+    let hdr_len = match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP | IPPROTO_UDPLITE => 8,
+        IPPROTO_SCTP => 12,
+        IPPROTO_DCCP => 12,
+        _ => return 0,
+    };
+    let Some(ports) = pkt.load::<[u8; 4]>(off) else {
+        bump(counter::TRUNCATED_L4);
+        return 0;
+    };
+    parsed.key.src_port = be16([ports[0], ports[1]]);
+    parsed.key.dst_port = be16([ports[2], ports[3]]);
+    parsed.key.flags |= key_flags::PORTS;
+    if proto != IPPROTO_TCP {
+        return hdr_len;
+    }
+    // Data offset (high nibble of byte 12) and flags (byte 13).
+    let Some(t) = pkt.load::<[u8; 2]>(off + 12) else {
+        bump(counter::TRUNCATED_L4);
+        return 0;
+    };
+    parsed.tcp_flags = t[1];
+    ((t[0] >> 4) as u32) * 4
+}
+
+#[inline(always)]
+fn first_fragment(key: &FlowKey, fk: &FragKey) {
+    if key.flags & key_flags::PORTS == 0 {
+        return;
+    }
+    let ports = FragPorts {
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+    };
+    if FRAGS.insert(fk, &ports, 0).is_err() {
+        bump(counter::FRAG_MAP_ERROR);
+    }
+}
+
+#[inline(always)]
+fn later_fragment(key: &mut FlowKey, fk: &FragKey) {
+    match FRAGS.get_ptr(fk) {
+        Some(p) => {
+            // SAFETY: value pointer returned by the map for this key.
+            let ports = unsafe { *p };
+            key.src_port = ports.src_port;
+            key.dst_port = ports.dst_port;
+            key.flags |= key_flags::PORTS;
+        }
+        None => bump(counter::FRAG_UNKNOWN),
+    }
+}
+
+#[inline(always)]
+fn generation() -> u32 {
+    match CONFIG.get(flowlog_common::config::GENERATION) {
+        Some(g) => *g & 1,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn record(p: &Parsed) {
+    let gen = generation();
+    let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
+    if let Some(s) = flows.get_ptr_mut(&p.key) {
+        add(s, p, now, closed);
+        return;
+    }
+    let fresh = FlowStats {
+        packets: p.packets,
+        bytes: p.bytes,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags: p.tcp_flags,
+        closed,
+        _pad: [0; 6],
+    };
+    match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU inserted the stream between our lookup and insert: our slot of
+        // that element is zero, add to it.
+        Err(EEXIST) => match flows.get_ptr_mut(&p.key) {
+            Some(s) => add(s, p, now, closed),
+            None => bump(counter::MAP_ERROR),
+        },
+        Err(_) => skip(p, gen),
+    }
+}
+
+#[inline(always)]
+fn add(s: *mut FlowStats, p: &Parsed, now: u64, closed: u8) {
+    // SAFETY: `s` is this CPU's slot of a per-CPU hash element; programs on one CPU
+    // never run concurrently, and the agent reads this generation only after an RCU
+    // grace period that follows the switch away from it.
+    let s = unsafe { &mut *s };
+    if s.packets == 0 {
+        s.first_ns = now;
+    }
+    s.packets += p.packets;
+    s.bytes += p.bytes;
+    s.last_ns = now;
+    s.tcp_flags |= p.tcp_flags;
+    s.closed |= closed;
+}
+
+/// The flow map is full: count the packet per interface so the window's SKIPDATA
+/// record says what was not recorded.
+#[inline(never)]
+fn skip(p: &Parsed, gen: u32) {
+    bump(counter::FLOW_MAP_FULL);
+    let skipped = if gen == 0 { &SKIPPED_0 } else { &SKIPPED_1 };
+    let (new_stream, uncounted) = match skipped.insert(&p.key, &1u8, BPF_NOEXIST as u64) {
+        Ok(()) => (1, 0),
+        Err(EEXIST) => (0, 0),
+        Err(_) => (0, p.packets),
+    };
+    let sk = SkipKey {
+        ifindex: p.key.ifindex,
+        generation: gen,
+    };
+    let add_to = |s: *mut SkipStats| {
+        // SAFETY: this CPU's slot of a per-CPU element, as in `add`.
+        let s = unsafe { &mut *s };
+        s.streams += new_stream;
+        s.packets += p.packets;
+        s.bytes += p.bytes;
+        s.uncounted_stream_packets += uncounted;
+    };
+    if let Some(s) = SKIP_STATS.get_ptr_mut(&sk) {
+        add_to(s);
+        return;
+    }
+    let fresh = SkipStats {
+        streams: new_stream,
+        packets: p.packets,
+        bytes: p.bytes,
+        uncounted_stream_packets: uncounted,
+    };
+    match SKIP_STATS.insert(&sk, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => match SKIP_STATS.get_ptr_mut(&sk) {
+            Some(s) => add_to(s),
+            None => bump(counter::SKIP_MAP_FULL),
+        },
+        Err(_) => bump(counter::SKIP_MAP_FULL),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
