@@ -39,11 +39,11 @@ pub enum AgentError {
     #[error("{source}\n{hint}")]
     Permission {
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
         hint: String,
     },
     #[error(transparent)]
-    Load(LoadError),
+    Load(Box<LoadError>),
     #[error(transparent)]
     Drain(#[from] DrainError),
     #[error("writing records: {0}")]
@@ -58,11 +58,11 @@ impl From<LoadError> for AgentError {
     fn from(e: LoadError) -> Self {
         if e.is_permission() {
             AgentError::Permission {
-                source: e,
+                source: Box::new(e),
                 hint: privilege::explain_eperm(),
             }
         } else {
-            AgentError::Load(e)
+            AgentError::Load(Box::new(e))
         }
     }
 }
@@ -95,6 +95,7 @@ fn boot_to_unix_offset() -> Result<i128, AgentError> {
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
     let mut ebpf = loader::load(&cfg)?;
+    spawn_kernel_logs(&mut ebpf);
     let mut maps = FlowMaps::take(&mut ebpf)?;
     let attachments = loader::attach(&mut ebpf, &cfg)?;
     let mut out = sink::open(&cfg.output).await?;
@@ -155,6 +156,36 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Forwards the programs' aya-log records (rare events such as a full flow map) to
+/// the agent's log.
+fn spawn_kernel_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "kernel-side logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer fd for its whole life and always
+    // returns the same one; the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "kernel-side logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
 /// Logs data-path events of the last window that an operator should know about.
 fn report_counters(before: &[u64], after: &[u64]) {
     for (i, name) in counter::NAMES.iter().enumerate() {
@@ -198,7 +229,8 @@ pub fn render_window(
     end_s: u64,
     boot_to_unix: i128,
 ) -> usize {
-    let mut by_if: BTreeMap<u32, (Vec<(FlowKey, FlowStats)>, Option<SkipStats>)> = BTreeMap::new();
+    type PerInterface = (Vec<(FlowKey, FlowStats)>, Option<SkipStats>);
+    let mut by_if: BTreeMap<u32, PerInterface> = BTreeMap::new();
     for (key, stats) in drained.flows {
         by_if.entry(key.ifindex).or_default().0.push((key, stats));
     }
@@ -219,7 +251,7 @@ pub fn render_window(
             n += 1;
             continue;
         };
-        flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        flows.sort_unstable_by_key(|f| f.0);
         for (key, stats) in flows {
             let start = to_unix_secs(stats.first_ns, boot_to_unix).clamp(start_s, end_s);
             let end = if stats.closed != 0 {

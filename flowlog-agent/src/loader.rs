@@ -25,20 +25,20 @@ pub enum LoadError {
     #[error("the eBPF object was not built into this binary (built with AYA_BUILD_SKIP?); rebuild with `cargo build -p flowlog-agent`")]
     NotBuilt,
     #[error("loading the eBPF object: {0}")]
-    Object(#[source] aya::EbpfError),
+    Object(#[source] Box<aya::EbpfError>),
     #[error("eBPF object has no program {name}")]
     MissingProgram { name: &'static str },
     #[error("program {name} has an unexpected type: {source}")]
     ProgramType {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("loading program {name} into the kernel (verifier): {source}")]
     Load {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching {name} to {interface} ({hook}): {source}")]
     Attach {
@@ -46,7 +46,7 @@ pub enum LoadError {
         interface: String,
         hook: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
 }
 
@@ -86,16 +86,19 @@ pub fn load(cfg: &Config) -> Result<Ebpf, LoadError> {
         .map_max_entries(names::SKIPPED_STREAMS[0], skipped)
         .map_max_entries(names::SKIPPED_STREAMS[1], skipped)
         .load(object)
-        .map_err(LoadError::Object)?;
+        .map_err(|e| LoadError::Object(Box::new(e)))?;
     for name in [names::TC_INGRESS, names::TC_EGRESS] {
         classifier(&mut ebpf, name)?
             .load()
-            .map_err(|source| LoadError::Load { name, source })?;
+            .map_err(|source| LoadError::Load {
+                name,
+                source: Box::new(source),
+            })?;
     }
     if cfg.mode == Mode::Xdp {
         xdp(&mut ebpf)?.load().map_err(|source| LoadError::Load {
             name: names::XDP_INGRESS,
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(ebpf)
@@ -108,7 +111,10 @@ fn classifier<'a>(
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram { name })?
         .try_into()
-        .map_err(|source| LoadError::ProgramType { name, source })
+        .map_err(|source| LoadError::ProgramType {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
@@ -116,7 +122,10 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram { name })?
         .try_into()
-        .map_err(|source| LoadError::ProgramType { name, source })
+        .map_err(|source| LoadError::ProgramType {
+            name,
+            source: Box::new(source),
+        })
 }
 
 /// What was attached, for logs and for clean-up beyond the links themselves.
@@ -174,7 +183,7 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &Config) -> Result<Attachments, LoadError> {
                     name: names::XDP_INGRESS,
                     interface: name.to_owned(),
                     hook: "xdp",
-                    source,
+                    source: Box::new(source),
                 })?;
             hooks.push("xdp ingress".to_owned());
         } else {
@@ -184,7 +193,7 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &Config) -> Result<Attachments, LoadError> {
                     name: names::TC_INGRESS,
                     interface: name.to_owned(),
                     hook: tc_hook,
-                    source,
+                    source: Box::new(source),
                 })?;
             hooks.push(format!("{tc_hook} ingress"));
         }
@@ -194,7 +203,7 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &Config) -> Result<Attachments, LoadError> {
                 name: names::TC_EGRESS,
                 interface: name.to_owned(),
                 hook: tc_hook,
-                source,
+                source: Box::new(source),
             })?;
         hooks.push(format!("{tc_hook} egress"));
         att.hooks.push((name.to_owned(), hooks.join(", ")));

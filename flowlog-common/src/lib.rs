@@ -6,7 +6,7 @@
 //! integers only (no `bool`, no `Option`), spells out its padding, and has its size
 //! pinned by a `const` assertion. Userspace-only conveniences live behind the `user`
 //! feature so the eBPF side stays `no_std` and dependency-free.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Traffic direction as seen by the interface.
 pub mod direction {

@@ -9,6 +9,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
+use aya_log_ebpf::warn;
 use flowlog_common::{
     action, counter, direction, family, key_flags, FlowKey, FlowStats, FragKey, FragPorts, SkipKey,
     SkipStats, TRAFFIC_PATH_UNCLASSIFIED,
@@ -92,6 +93,9 @@ trait Packet {
     fn ifindex(&self) -> u32;
     /// Wire segments this frame stands for (GSO/GRO super-packets), at least 1.
     fn segments(&self) -> u32;
+    /// Logs (through aya-log) that the flow map overflowed on `ifindex`: once per
+    /// interface per window, never per packet.
+    fn warn_overflow(&self, ifindex: u32);
 }
 
 struct Skb<'a>(&'a TcContext);
@@ -119,6 +123,13 @@ impl Packet for Skb<'_> {
         } else {
             segs
         }
+    }
+    #[inline(never)]
+    fn warn_overflow(&self, ifindex: u32) {
+        warn!(
+            self.0,
+            "flow map full on ifindex {}: further new streams go to SKIPDATA", ifindex
+        );
     }
 }
 
@@ -156,6 +167,13 @@ impl Packet for Xdp<'_> {
     fn segments(&self) -> u32 {
         1
     }
+    #[inline(never)]
+    fn warn_overflow(&self, ifindex: u32) {
+        warn!(
+            self.0,
+            "flow map full on ifindex {}: further new streams go to SKIPDATA", ifindex
+        );
+    }
 }
 
 #[inline(always)]
@@ -184,7 +202,9 @@ struct Parsed {
 fn observe<P: Packet>(pkt: &P, dir: u8) {
     bump(counter::SEEN);
     if let Some(p) = parse(pkt, dir) {
-        record(&p);
+        if record(&p) == Recorded::FirstSkip {
+            pkt.warn_overflow(p.key.ifindex);
+        }
     }
 }
 
@@ -486,15 +506,25 @@ fn generation() -> u32 {
     }
 }
 
+#[derive(PartialEq, Eq)]
+enum Recorded {
+    /// Counted in the stream's counters (or lost to a map error, which is counted).
+    Stream,
+    /// Counted in the skip counters.
+    Skipped,
+    /// Counted in the skip counters, first time for this interface in this window.
+    FirstSkip,
+}
+
 #[inline(always)]
-fn record(p: &Parsed) {
+fn record(p: &Parsed) -> Recorded {
     let gen = generation();
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
     if let Some(s) = flows.get_ptr_mut(&p.key) {
         add(s, p, now, closed);
-        return;
+        return Recorded::Stream;
     }
     let fresh = FlowStats {
         packets: p.packets,
@@ -513,8 +543,9 @@ fn record(p: &Parsed) {
             Some(s) => add(s, p, now, closed),
             None => bump(counter::MAP_ERROR),
         },
-        Err(_) => skip(p, gen),
+        Err(_) => return skip(p, gen),
     }
+    Recorded::Stream
 }
 
 #[inline(always)]
@@ -536,7 +567,7 @@ fn add(s: *mut FlowStats, p: &Parsed, now: u64, closed: u8) {
 /// The flow map is full: count the packet per interface so the window's SKIPDATA
 /// record says what was not recorded.
 #[inline(never)]
-fn skip(p: &Parsed, gen: u32) {
+fn skip(p: &Parsed, gen: u32) -> Recorded {
     bump(counter::FLOW_MAP_FULL);
     let skipped = if gen == 0 { &SKIPPED_0 } else { &SKIPPED_1 };
     let (new_stream, uncounted) = match skipped.insert(&p.key, &1u8, BPF_NOEXIST as u64) {
@@ -558,7 +589,7 @@ fn skip(p: &Parsed, gen: u32) {
     };
     if let Some(s) = SKIP_STATS.get_ptr_mut(&sk) {
         add_to(s);
-        return;
+        return Recorded::Skipped;
     }
     let fresh = SkipStats {
         streams: new_stream,
@@ -567,13 +598,14 @@ fn skip(p: &Parsed, gen: u32) {
         uncounted_stream_packets: uncounted,
     };
     match SKIP_STATS.insert(&sk, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => return Recorded::FirstSkip,
         Err(EEXIST) => match SKIP_STATS.get_ptr_mut(&sk) {
             Some(s) => add_to(s),
             None => bump(counter::SKIP_MAP_FULL),
         },
         Err(_) => bump(counter::SKIP_MAP_FULL),
     }
+    Recorded::Skipped
 }
 
 #[cfg(not(test))]
