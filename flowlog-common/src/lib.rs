@@ -196,6 +196,8 @@ pub mod names {
     pub const TC_INGRESS: &str = "flowlog_tc_ingress";
     pub const TC_EGRESS: &str = "flowlog_tc_egress";
     pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";
+    /// An empty TC program: the baseline of the benchmarks.
+    pub const TC_EMPTY: &str = "flowlog_tc_empty";
 }
 
 #[cfg(feature = "user")]

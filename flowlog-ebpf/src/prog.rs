@@ -78,6 +78,13 @@ pub fn flowlog_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the baseline that `cargo xtask bench` subtracts from the observers'
+/// cost. Never attached by the agent.
+#[classifier]
+pub fn flowlog_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[xdp]
 pub fn flowlog_xdp_ingress(ctx: XdpContext) -> u32 {
     observe(&Xdp(&ctx), direction::IN);
