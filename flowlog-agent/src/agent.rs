@@ -14,7 +14,7 @@
 //! On a signal the partial window is emitted with `end` = stop time, then the links
 //! are dropped (detaching every program) and the process exits 0.
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,7 @@ use crate::{
     loader::{self, LoadError},
     privilege::{self, PrivilegeError},
     record::Record,
-    sink::{self, SinkError},
+    sink::{self, Sink, SinkError},
     window,
 };
 
@@ -125,19 +125,15 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             _ = sigterm.recv() => true,
         };
         let win_end = if stop { unix_now_ns()? } else { boundary };
-        let drained = maps.switch_and_drain()?;
-        let offset = boot_to_unix_offset()?;
-        buf.clear();
-        let emitted = render_window(
+        let emitted = emit_window(
+            &mut maps,
+            &mut *out,
             &mut buf,
             &cfg.interfaces,
-            drained,
             win_start / 1_000_000_000,
             win_end / 1_000_000_000,
-            offset,
-        );
-        out.write_batch(&buf).await?;
-        out.flush().await?;
+        )
+        .await?;
         debug!(records = emitted, "window emitted");
 
         let counters = maps.counters()?;
@@ -218,9 +214,145 @@ fn to_unix_secs(boot_ns: u64, offset: i128) -> u64 {
     }
 }
 
-/// Renders one window's records: OK records per stream (sorted by interface then
-/// stream), a SKIPDATA record per interface that overflowed, and NODATA for each
-/// interface with neither. Returns the number of records.
+/// Bytes of rendered records collected before they are handed to the sink.
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// Drains the active generation and writes its records to `out` as they are read,
+/// so memory stays bounded by one batch whatever the number of streams.
+async fn emit_window(
+    maps: &mut FlowMaps,
+    out: &mut dyn Sink,
+    buf: &mut Vec<u8>,
+    interfaces: &[InterfaceConfig],
+    start_s: u64,
+    end_s: u64,
+) -> Result<usize, AgentError> {
+    let mut w = WindowWriter::new(interfaces, start_s, end_s, boot_to_unix_offset()?);
+    let mut drain = maps.switch()?;
+    let mut batch = Vec::with_capacity(crate::drain::BATCH);
+    buf.clear();
+    loop {
+        batch.clear();
+        let more = drain.next_batch(&mut batch)?;
+        w.flows(buf, &batch);
+        if buf.len() >= FLUSH_BYTES {
+            out.write_batch(buf).await?;
+            buf.clear();
+        }
+        if !more {
+            break;
+        }
+    }
+    let skipped = drain.finish()?;
+    w.finish(buf, &skipped);
+    out.write_batch(buf).await?;
+    out.flush().await?;
+    Ok(w.records)
+}
+
+/// Renders one window's records: an OK record per stream, a SKIPDATA record per
+/// interface that overflowed, NODATA for each interface with neither.
+pub struct WindowWriter<'a> {
+    interfaces: &'a [InterfaceConfig],
+    by_ifindex: HashMap<u32, usize>,
+    /// Interfaces (by position) that had a stream or a skip in the window.
+    active: Vec<bool>,
+    start_s: u64,
+    end_s: u64,
+    boot_to_unix: i128,
+    unknown: u64,
+    /// Records rendered so far.
+    pub records: usize,
+}
+
+impl<'a> WindowWriter<'a> {
+    /// `boot_to_unix` is `unix_ns - boottime_ns` (the kernel stamps boot time).
+    pub fn new(
+        interfaces: &'a [InterfaceConfig],
+        start_s: u64,
+        end_s: u64,
+        boot_to_unix: i128,
+    ) -> Self {
+        Self {
+            interfaces,
+            by_ifindex: interfaces
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.ifindex, i))
+                .collect(),
+            active: vec![false; interfaces.len()],
+            start_s,
+            end_s,
+            boot_to_unix,
+            unknown: 0,
+            records: 0,
+        }
+    }
+
+    /// Appends the OK records of `flows` (counters summed over CPUs).
+    pub fn flows(&mut self, out: &mut Vec<u8>, flows: &[(FlowKey, FlowStats)]) {
+        for (key, stats) in flows {
+            let Some(&i) = self.by_ifindex.get(&key.ifindex) else {
+                self.unknown += 1;
+                continue;
+            };
+            self.active[i] = true;
+            let start =
+                to_unix_secs(stats.first_ns, self.boot_to_unix).clamp(self.start_s, self.end_s);
+            let end = if stats.closed != 0 {
+                to_unix_secs(stats.last_ns, self.boot_to_unix).clamp(start, self.end_s)
+            } else {
+                self.end_s
+            };
+            Record::Flow {
+                meta: &self.interfaces[i].meta,
+                key: *key,
+                stats: *stats,
+                start,
+                end,
+            }
+            .write_json(out);
+            self.records += 1;
+        }
+    }
+
+    /// Appends SKIPDATA records for `skipped` and NODATA for idle interfaces.
+    pub fn finish(&mut self, out: &mut Vec<u8>, skipped: &[(u32, SkipStats)]) {
+        let mut skips = vec![None::<SkipStats>; self.interfaces.len()];
+        for (ifindex, s) in skipped {
+            match self.by_ifindex.get(ifindex) {
+                Some(&i) => skips[i].get_or_insert_with(SkipStats::default).merge(s),
+                None => self.unknown += 1,
+            }
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let (meta, start, end) = (&iface.meta, self.start_s, self.end_s);
+            if let Some(skipped) = skips[i] {
+                Record::SkipData {
+                    meta,
+                    start,
+                    end,
+                    skipped,
+                }
+                .write_json(out);
+                self.records += 1;
+            } else if !self.active[i] {
+                Record::NoData { meta, start, end }.write_json(out);
+                self.records += 1;
+            }
+        }
+        if self.unknown > 0 {
+            warn!(
+                entries = self.unknown,
+                "streams on an interface that is not configured: dropped"
+            );
+            self.unknown = 0;
+        }
+    }
+}
+
+/// Renders a whole drained window at once (see [`WindowWriter`]). Returns the
+/// number of records.
 pub fn render_window(
     out: &mut Vec<u8>,
     interfaces: &[InterfaceConfig],
@@ -229,64 +361,10 @@ pub fn render_window(
     end_s: u64,
     boot_to_unix: i128,
 ) -> usize {
-    type PerInterface = (Vec<(FlowKey, FlowStats)>, Option<SkipStats>);
-    let mut by_if: BTreeMap<u32, PerInterface> = BTreeMap::new();
-    for (key, stats) in drained.flows {
-        by_if.entry(key.ifindex).or_default().0.push((key, stats));
-    }
-    for (ifindex, skip) in drained.skipped {
-        let slot = &mut by_if.entry(ifindex).or_default().1;
-        slot.get_or_insert_with(SkipStats::default).merge(&skip);
-    }
-    let mut n = 0;
-    for iface in interfaces {
-        let meta = &iface.meta;
-        let Some((mut flows, skipped)) = by_if.remove(&iface.ifindex) else {
-            Record::NoData {
-                meta,
-                start: start_s,
-                end: end_s,
-            }
-            .write_json(out);
-            n += 1;
-            continue;
-        };
-        flows.sort_unstable_by_key(|f| f.0);
-        for (key, stats) in flows {
-            let start = to_unix_secs(stats.first_ns, boot_to_unix).clamp(start_s, end_s);
-            let end = if stats.closed != 0 {
-                to_unix_secs(stats.last_ns, boot_to_unix).clamp(start, end_s)
-            } else {
-                end_s
-            };
-            Record::Flow {
-                meta,
-                key,
-                stats,
-                start,
-                end,
-            }
-            .write_json(out);
-            n += 1;
-        }
-        if let Some(skipped) = skipped {
-            Record::SkipData {
-                meta,
-                start: start_s,
-                end: end_s,
-                skipped,
-            }
-            .write_json(out);
-            n += 1;
-        }
-    }
-    for ifindex in by_if.keys() {
-        warn!(
-            ifindex,
-            "streams on an interface that is not configured: dropped"
-        );
-    }
-    n
+    let mut w = WindowWriter::new(interfaces, start_s, end_s, boot_to_unix);
+    w.flows(out, &drained.flows);
+    w.finish(out, &drained.skipped);
+    w.records
 }
 
 #[cfg(test)]
@@ -373,16 +451,17 @@ mod tests {
         assert_eq!(n, 4);
         let recs = lines(&buf);
         let get = |i: usize, k: &str| recs[i][k].as_str().unwrap().to_owned();
-        // Sorted by stream: port 1000 first.
-        assert_eq!(get(0, "srcport"), "1000");
+        // Streams in drain order; the closed one ends at its last packet, the open
+        // one at the window end; a first packet before the window start is clamped.
+        assert_eq!(get(0, "srcport"), "2000");
         assert_eq!(
             (get(0, "start"), get(0, "end")),
-            ("1005".into(), "1010".into())
+            ("1004".into(), "1007".into())
         );
-        assert_eq!(get(1, "srcport"), "2000");
+        assert_eq!(get(1, "srcport"), "1000");
         assert_eq!(
             (get(1, "start"), get(1, "end")),
-            ("1004".into(), "1007".into())
+            ("1005".into(), "1010".into())
         );
         assert_eq!(get(2, "log-status"), "SKIPDATA");
         assert_eq!(get(2, "eni-id"), "b");

@@ -5,8 +5,9 @@
 //!   programs ──write──▶ FLOWS_<active>          agent
 //!                                               1. CONFIG[GENERATION] = active ^ 1
 //!                                               2. RcuBarrier::synchronize()  (grace period)
-//!                                               3. read + delete FLOWS_<old>, SKIPPED_<old>,
-//!                                                  SKIP_STATS{gen = old}
+//!                                               3. read + delete FLOWS_<old> in batches
+//!                                                  (BPF_MAP_LOOKUP_AND_DELETE_BATCH),
+//!                                                  SKIPPED_<old>, SKIP_STATS{gen = old}
 //! ```
 //!
 //! Why this is exact: a program reads the generation once, at its start, and the
@@ -16,13 +17,19 @@
 //! nothing writes the old maps and step 3 reads final values; an increment lands in
 //! exactly one generation and is drained exactly once. (A packet that raced the
 //! switch is reported in the window that ends at this boundary.)
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    util::nr_cpus,
     Ebpf,
 };
 use flowlog_common::{config, counter, names, FlowKey, FlowStats, SkipKey, SkipStats};
 
-use crate::rcu::{RcuBarrier, RcuError};
+use crate::{
+    batch::{read_pod, BatchDrain},
+    rcu::{RcuBarrier, RcuError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -48,18 +55,20 @@ pub enum DrainError {
         #[source]
         source: MapError,
     },
+    #[error("draining map {name}: {source}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("counting possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
     #[error(transparent)]
     Rcu(#[from] RcuError),
 }
 
-/// Everything one generation held: the streams of one window and what was skipped.
-#[derive(Debug, Default)]
-pub struct Drained {
-    /// Streams with counters summed over CPUs.
-    pub flows: Vec<(FlowKey, FlowStats)>,
-    /// Skip counters per interface index.
-    pub skipped: Vec<(u32, SkipStats)>,
-}
+/// Streams drained per system call.
+pub const BATCH: usize = 8192;
 
 /// Userspace handles on the data-path maps.
 pub struct FlowMaps {
@@ -70,6 +79,7 @@ pub struct FlowMaps {
     counters: PerCpuArray<MapData, u64>,
     barrier: RcuBarrier,
     active: u32,
+    cpus: usize,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DrainError>
@@ -80,9 +90,19 @@ where
     T::try_from(map).map_err(|source| DrainError::MapType { name, source })
 }
 
+fn raw_fd<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
+    map.map().fd().as_fd().as_raw_fd()
+}
+
+/// Size of one per-CPU slot as the kernel copies it out (8-byte aligned).
+const fn percpu_slot<V>() -> usize {
+    size_of::<V>().div_ceil(8) * 8
+}
+
 impl FlowMaps {
     /// Takes the maps out of a loaded object and makes generation 0 active.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DrainError> {
+        let cpus = nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?;
         let mut maps = Self {
             flows: [take(ebpf, names::FLOWS[0])?, take(ebpf, names::FLOWS[1])?],
             skipped: [
@@ -94,6 +114,7 @@ impl FlowMaps {
             counters: take(ebpf, names::COUNTERS)?,
             barrier: RcuBarrier::new()?,
             active: 0,
+            cpus,
         };
         maps.config
             .set(config::GENERATION, 0, 0)
@@ -101,9 +122,9 @@ impl FlowMaps {
         Ok(maps)
     }
 
-    /// Ends the current window: switches the programs to the other generation, waits
-    /// for in-flight programs, then drains and clears the old generation.
-    pub fn switch_and_drain(&mut self) -> Result<Drained, DrainError> {
+    /// Ends the current window: switches the programs to the other generation and
+    /// waits for in-flight programs. The returned cursor drains the old generation.
+    pub fn switch(&mut self) -> Result<GenerationDrain<'_>, DrainError> {
         let old = self.active;
         let new = old ^ 1;
         self.config
@@ -111,74 +132,27 @@ impl FlowMaps {
             .map_err(DrainError::Switch)?;
         self.barrier.synchronize()?;
         self.active = new;
-        self.drain_generation(old)
+        let g = old as usize;
+        let cursor = BatchDrain::new(
+            raw_fd(&self.flows[g]),
+            size_of::<FlowKey>(),
+            percpu_slot::<FlowStats>() * self.cpus,
+            BATCH,
+        );
+        Ok(GenerationDrain {
+            maps: self,
+            gen: old,
+            cursor,
+        })
     }
 
-    fn drain_generation(&mut self, gen: u32) -> Result<Drained, DrainError> {
-        let g = gen as usize;
-        let flows_name = names::FLOWS[g];
+    /// Switches generation and drains everything at once (tests, benchmarks; the
+    /// agent streams with [`FlowMaps::switch`]).
+    pub fn switch_and_drain(&mut self) -> Result<Drained, DrainError> {
+        let mut g = self.switch()?;
         let mut out = Drained::default();
-        for item in self.flows[g].iter() {
-            let (key, per_cpu) = item.map_err(|source| DrainError::Read {
-                name: flows_name,
-                source,
-            })?;
-            let mut total = FlowStats::default();
-            for v in per_cpu.iter() {
-                total.merge(v);
-            }
-            out.flows.push((key, total));
-        }
-        for (key, _) in &out.flows {
-            self.flows[g]
-                .remove(key)
-                .map_err(|source| DrainError::Clear {
-                    name: flows_name,
-                    source,
-                })?;
-        }
-
-        let skipped_name = names::SKIPPED_STREAMS[g];
-        let skipped_keys = self.skipped[g]
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DrainError::Read {
-                name: skipped_name,
-                source,
-            })?;
-        for key in &skipped_keys {
-            self.skipped[g]
-                .remove(key)
-                .map_err(|source| DrainError::Clear {
-                    name: skipped_name,
-                    source,
-                })?;
-        }
-
-        let mut stale = Vec::new();
-        for item in self.skip_stats.iter() {
-            let (key, per_cpu) = item.map_err(|source| DrainError::Read {
-                name: names::SKIP_STATS,
-                source,
-            })?;
-            if key.generation != gen {
-                continue;
-            }
-            let mut total = SkipStats::default();
-            for v in per_cpu.iter() {
-                total.merge(v);
-            }
-            out.skipped.push((key.ifindex, total));
-            stale.push(key);
-        }
-        for key in &stale {
-            self.skip_stats
-                .remove(key)
-                .map_err(|source| DrainError::Clear {
-                    name: names::SKIP_STATS,
-                    source,
-                })?;
-        }
+        while g.next_batch(&mut out.flows)? {}
+        out.skipped = g.finish()?;
         Ok(out)
     }
 
@@ -195,6 +169,86 @@ impl FlowMaps {
                     source,
                 })?;
             *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Everything one generation held: the streams of one window and what was skipped.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Streams with counters summed over CPUs.
+    pub flows: Vec<(FlowKey, FlowStats)>,
+    /// Skip counters per interface index.
+    pub skipped: Vec<(u32, SkipStats)>,
+}
+
+/// Drains one generation that no program writes any more, batch by batch.
+pub struct GenerationDrain<'a> {
+    maps: &'a mut FlowMaps,
+    gen: u32,
+    cursor: BatchDrain,
+}
+
+impl GenerationDrain<'_> {
+    /// Appends the next batch of streams (counters summed over CPUs) to `out`, removing
+    /// them from the map. Returns false once the generation is empty.
+    pub fn next_batch(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<bool, DrainError> {
+        let name = names::FLOWS[self.gen as usize];
+        let n = self
+            .cursor
+            .next_batch()
+            .map_err(|e| DrainError::Batch { name, source: e })?;
+        let slot = percpu_slot::<FlowStats>();
+        for i in 0..n {
+            let key: FlowKey = read_pod(self.cursor.key(i));
+            let values = self.cursor.value(i);
+            let mut total = FlowStats::default();
+            for cpu in 0..self.maps.cpus {
+                total.merge(&read_pod::<FlowStats>(&values[cpu * slot..]));
+            }
+            out.push((key, total));
+        }
+        Ok(n > 0)
+    }
+
+    /// Reads and clears the generation's skip counters and skipped-stream set.
+    /// Call after the streams are drained.
+    pub fn finish(self) -> Result<Vec<(u32, SkipStats)>, DrainError> {
+        let g = self.gen as usize;
+        let maps = self.maps;
+        let skipped_name = names::SKIPPED_STREAMS[g];
+        let mut set = BatchDrain::new(raw_fd(&maps.skipped[g]), size_of::<FlowKey>(), 8, 1024);
+        while set.next_batch().map_err(|e| DrainError::Batch {
+            name: skipped_name,
+            source: e,
+        })? > 0
+        {}
+
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for item in maps.skip_stats.iter() {
+            let (key, per_cpu) = item.map_err(|source| DrainError::Read {
+                name: names::SKIP_STATS,
+                source,
+            })?;
+            if key.generation != self.gen {
+                continue;
+            }
+            let mut total = SkipStats::default();
+            for v in per_cpu.iter() {
+                total.merge(v);
+            }
+            out.push((key.ifindex, total));
+            stale.push(key);
+        }
+        for key in &stale {
+            maps.skip_stats
+                .remove(key)
+                .map_err(|source| DrainError::Clear {
+                    name: names::SKIP_STATS,
+                    source,
+                })?;
         }
         Ok(out)
     }

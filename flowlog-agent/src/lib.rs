@@ -1,6 +1,7 @@
 //! The flowlog agent: loads the eBPF programs, attaches them to interfaces, drains
 //! the flow maps at every capture-window boundary and emits flow log records.
 pub mod agent;
+pub mod batch;
 pub mod config;
 pub mod drain;
 pub mod loader;
