@@ -18,16 +18,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowlog_common::{counter, FlowKey, FlowStats, SkipStats};
+use flowlog_common::{action, counter, FlowKey, FlowStats, SkipStats};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{Config, InterfaceConfig},
+    config::{check_policy_interfaces, Config, InterfaceConfig, TransferType},
     drain::{DrainError, Drained, FlowMaps},
     loader::{self, LoadError},
+    policy::{ApplyError, Policy, PolicyMaps},
     privilege::{self, PrivilegeError},
-    record::Record,
+    record::{Record, RecordFormat},
     sink::{self, Sink, SinkError},
     window,
 };
@@ -46,6 +47,8 @@ pub enum AgentError {
     Load(Box<LoadError>),
     #[error(transparent)]
     Drain(#[from] DrainError),
+    #[error("installing the policy: {0}")]
+    Policy(#[from] ApplyError),
     #[error("writing records: {0}")]
     Sink(#[from] SinkError),
     #[error("installing signal handlers: {0}")]
@@ -96,11 +99,17 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
     let mut ebpf = loader::load(&cfg)?;
     spawn_kernel_logs(&mut ebpf);
+    let mut policy_maps = PolicyMaps::take(&mut ebpf)?;
+    if let Some((path, policy)) = &cfg.policy {
+        policy_maps.apply(policy, |name| ifindex_of(&cfg, name))?;
+        info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy installed");
+    }
     let mut maps = FlowMaps::take(&mut ebpf)?;
     let attachments = loader::attach(&mut ebpf, &cfg)?;
     let mut out = sink::open(&cfg.output).await?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
     for (iface, hooks) in &attachments.hooks {
         info!(interface = %iface, hooks = %hooks, "attached");
@@ -119,17 +128,21 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         let now = unix_now_ns()?;
         let boundary = window::next_boundary(now, cfg.window);
         let wait = Duration::from_nanos(boundary.saturating_sub(now));
-        let stop = tokio::select! {
-            _ = tokio::time::sleep_until((Instant::now() + wait).into()) => false,
-            _ = sigint.recv() => true,
-            _ = sigterm.recv() => true,
+        let deadline = tokio::time::Instant::from_std(Instant::now() + wait);
+        let stop = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = sigint.recv() => break true,
+                _ = sigterm.recv() => break true,
+                _ = sighup.recv() => reload_policy(&cfg, &mut policy_maps),
+            }
         };
         let win_end = if stop { unix_now_ns()? } else { boundary };
         let emitted = emit_window(
             &mut maps,
             &mut *out,
             &mut buf,
-            &cfg.interfaces,
+            &cfg,
             win_start / 1_000_000_000,
             win_end / 1_000_000_000,
         )
@@ -150,6 +163,39 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     drop(maps);
     drop(ebpf);
     Ok(())
+}
+
+fn ifindex_of(cfg: &Config, name: &str) -> Option<u32> {
+    cfg.interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.ifindex)
+}
+
+/// SIGHUP: re-reads the policy file and installs it atomically; on any error the
+/// policy in force stays.
+fn reload_policy(cfg: &Config, maps: &mut PolicyMaps) {
+    let Some((path, _)) = &cfg.policy else {
+        info!("SIGHUP: no policy file configured, nothing to reload");
+        return;
+    };
+    let policy = match Policy::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "policy reload failed; the previous policy stays in force");
+            return;
+        }
+    };
+    if let Err(e) = check_policy_interfaces(&policy, &cfg.interfaces) {
+        error!(error = %e, "policy reload failed; the previous policy stays in force");
+        return;
+    }
+    match maps.apply(&policy, |name| ifindex_of(cfg, name)) {
+        Ok(()) => info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy reloaded"),
+        Err(e) => {
+            error!(error = %e, "installing the reloaded policy failed; the previous policy stays in force")
+        }
+    }
 }
 
 /// Forwards the programs' aya-log records (rare events such as a full flow map) to
@@ -223,11 +269,13 @@ async fn emit_window(
     maps: &mut FlowMaps,
     out: &mut dyn Sink,
     buf: &mut Vec<u8>,
-    interfaces: &[InterfaceConfig],
+    cfg: &Config,
     start_s: u64,
     end_s: u64,
 ) -> Result<usize, AgentError> {
-    let mut w = WindowWriter::new(interfaces, start_s, end_s, boot_to_unix_offset()?);
+    let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, boot_to_unix_offset()?)
+        .with_filter(cfg.transfer_type)
+        .with_format(cfg.record_format);
     let mut drain = maps.switch()?;
     let mut batch = Vec::with_capacity(crate::drain::BATCH);
     buf.clear();
@@ -261,6 +309,8 @@ pub struct WindowWriter<'a> {
     end_s: u64,
     boot_to_unix: i128,
     unknown: u64,
+    transfer_type: TransferType,
+    format: RecordFormat,
     /// Records rendered so far.
     pub records: usize,
 }
@@ -285,8 +335,21 @@ impl<'a> WindowWriter<'a> {
             end_s,
             boot_to_unix,
             unknown: 0,
+            transfer_type: TransferType::All,
+            format: RecordFormat::Base,
             records: 0,
         }
+    }
+
+    /// Emit only the streams of this data transfer type.
+    pub fn with_filter(mut self, transfer_type: TransferType) -> Self {
+        self.transfer_type = transfer_type;
+        self
+    }
+
+    pub fn with_format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Appends the OK records of `flows` (counters summed over CPUs).
@@ -296,7 +359,16 @@ impl<'a> WindowWriter<'a> {
                 self.unknown += 1;
                 continue;
             };
+            // The interface had traffic, even if the filter hides it: no NODATA.
             self.active[i] = true;
+            let wanted = match self.transfer_type {
+                TransferType::All => true,
+                TransferType::Allow => key.action == action::ACCEPT,
+                TransferType::Reject => key.action == action::REJECT,
+            };
+            if !wanted {
+                continue;
+            }
             let start =
                 to_unix_secs(stats.first_ns, self.boot_to_unix).clamp(self.start_s, self.end_s);
             let end = if stats.closed != 0 {
@@ -311,7 +383,7 @@ impl<'a> WindowWriter<'a> {
                 start,
                 end,
             }
-            .write_json(out);
+            .write_json_as(out, self.format);
             self.records += 1;
         }
     }
@@ -425,7 +497,8 @@ mod tests {
             last_ns: 9_000_000_000,
             tcp_flags: 0x18,
             closed: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            rule_id: 0,
         };
         let closed = FlowStats {
             first_ns: 2_000_000_000, // before the window start: clamped

@@ -20,6 +20,9 @@
 //! xdp_attach = "auto"    # or "native", "generic" (mode = "xdp" only)
 //! max_flows = 65536      # streams per window per node (flow map capacity)
 //! output = "-"           # "-" = stdout, or a file path (records appended)
+//! policy = "policy.toml" # security policy (rule sets), reloaded on SIGHUP
+//! transfer_type = "all"  # all | allow (ACCEPT records only) | reject (REJECT only)
+//! record_format = "base" # base | extended (adds rule-id)
 //! [metadata]
 //! account_id = "1210123456"
 //! vm_id = "i-1"
@@ -44,7 +47,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::{
-    record::InterfaceMeta,
+    policy::{Policy, PolicyError},
+    record::{InterfaceMeta, RecordFormat},
     window::{parse_window, WindowError},
 };
 
@@ -117,6 +121,29 @@ pub struct RunArgs {
     /// name.
     #[arg(long = "eni-id", value_name = "IF=ID")]
     pub eni_ids: Vec<String>,
+    /// Security policy file (rule sets; see the README). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Which records to emit: all, allow (ACCEPT only) or reject (REJECT only)
+    /// [default: all]
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub transfer_type: Option<TransferType>,
+    /// Record fields: base (the contract's) or extended (adds rule-id) [default: base]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub record_format: Option<RecordFormat>,
+}
+
+/// The contract's data transfer type: which verdicts are recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferType {
+    /// ACCEPT and REJECT records.
+    #[default]
+    All,
+    /// Only ACCEPT records.
+    Allow,
+    /// Only REJECT records.
+    Reject,
 }
 
 /// Which programs capture the traffic.
@@ -189,6 +216,9 @@ pub struct FileConfig {
     pub xdp_attach: Option<XdpAttach>,
     pub max_flows: Option<u64>,
     pub output: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub transfer_type: Option<TransferType>,
+    pub record_format: Option<RecordFormat>,
     #[serde(default)]
     pub metadata: FileMetadata,
     #[serde(default)]
@@ -228,6 +258,10 @@ pub struct Config {
     /// Flow map capacity, 1..=[`MAX_FLOWS_LIMIT`].
     pub max_flows: u32,
     pub output: Output,
+    /// Path of the policy file and the policy it held at start-up.
+    pub policy: Option<(PathBuf, Policy)>,
+    pub transfer_type: TransferType,
+    pub record_format: RecordFormat,
 }
 
 /// One interface to capture on.
@@ -242,6 +276,10 @@ pub struct InterfaceConfig {
 /// A configuration that cannot be used; every message names the setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(transparent)]
+    Policy(Box<PolicyError>),
+    #[error("rule set {set:?} names interface {interface:?}, which is not captured: add --interface {interface}")]
+    PolicyInterface { interface: String, set: String },
     #[error("cannot read config file {}: {source}", path.display())]
     ReadFile {
         path: PathBuf,
@@ -505,6 +543,15 @@ impl Config {
             });
         }
 
+        let policy = match args.policy.as_ref().or(file.policy.as_ref()) {
+            Some(path) => {
+                let policy = Policy::load(path).map_err(|e| ConfigError::Policy(Box::new(e)))?;
+                check_policy_interfaces(&policy, &interfaces)?;
+                Some((path.clone(), policy))
+            }
+            None => None,
+        };
+
         Ok(Config {
             interfaces,
             window,
@@ -512,8 +559,33 @@ impl Config {
             xdp_attach: args.xdp_attach.or(file.xdp_attach).unwrap_or_default(),
             max_flows,
             output,
+            policy,
+            transfer_type: args
+                .transfer_type
+                .or(file.transfer_type)
+                .unwrap_or_default(),
+            record_format: args
+                .record_format
+                .or(file.record_format)
+                .unwrap_or_default(),
         })
     }
+}
+
+/// Every interface a rule set names must be one the agent captures on.
+pub fn check_policy_interfaces(
+    policy: &Policy,
+    interfaces: &[InterfaceConfig],
+) -> Result<(), ConfigError> {
+    for (iface, set) in policy.interfaces() {
+        if !interfaces.iter().any(|i| i.name == iface) {
+            return Err(ConfigError::PolicyInterface {
+                interface: iface.to_owned(),
+                set: set.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_max_flows(value: u64, field: &'static str) -> Result<u32, ConfigError> {

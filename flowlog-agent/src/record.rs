@@ -12,7 +12,7 @@
 //! stream count is only a lower bound), so that an overloaded window still reports
 //! how much traffic went unrecorded.
 
-use flowlog_common::{action, direction, family, FlowKey, FlowStats, SkipStats};
+use flowlog_common::{action, direction, family, policy, FlowKey, FlowStats, SkipStats};
 
 /// Record format version written in the `version` field.
 pub const VERSION: &str = "1";
@@ -62,6 +62,19 @@ pub struct InterfaceMeta {
     pub vm_id: Option<String>,
     pub vswitch_id: Option<String>,
     pub vpc_id: Option<String>,
+}
+
+/// Which fields a record carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// The contract's base field set (plus the SKIPDATA counters).
+    #[default]
+    Base,
+    /// Base fields, then `rule-id` on OK records: the id of the policy rule that
+    /// decided the stream's last packet, `default` (no rule matched), `tracked`
+    /// (a connection a stateful rule set had accepted) or `-` (no policy).
+    Extended,
 }
 
 /// The `log-status` of a record.
@@ -129,6 +142,11 @@ impl Record<'_> {
 
     /// Appends the record as one JSON object line, including the trailing `'\n'`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_as(out, RecordFormat::Base)
+    }
+
+    /// As [`Record::write_json`], with the fields of `format`.
+    pub fn write_json_as(&self, out: &mut Vec<u8>, format: RecordFormat) {
         let meta = self.meta();
         out.extend_from_slice(b"{\"version\":\"");
         out.extend_from_slice(VERSION.as_bytes());
@@ -195,6 +213,15 @@ impl Record<'_> {
                     out.extend_from_slice(UNSET.as_bytes());
                 } else {
                     push_u64(out, key.traffic_path.into());
+                }
+                if format == RecordFormat::Extended {
+                    out.extend_from_slice(b"\",\"rule-id\":\"");
+                    match stats.rule_id {
+                        policy::RULE_NONE => out.extend_from_slice(UNSET.as_bytes()),
+                        policy::RULE_DEFAULT => out.extend_from_slice(b"default"),
+                        policy::RULE_TRACKED => out.extend_from_slice(b"tracked"),
+                        id => push_u64(out, id.into()),
+                    }
                 }
                 out.extend_from_slice(b"\"}\n");
             }
@@ -375,7 +402,8 @@ mod tests {
             last_ns: 2,
             tcp_flags,
             closed: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            rule_id: 0,
         }
     }
 

@@ -84,7 +84,10 @@ pub struct FlowStats {
     pub tcp_flags: u8,
     /// 1 once a FIN or RST was seen on the stream in this window.
     pub closed: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Id of the policy rule that decided the stream's last packet, or one of
+    /// [`policy::RULE_NONE`], [`policy::RULE_DEFAULT`], [`policy::RULE_TRACKED`].
+    pub rule_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 
@@ -136,11 +139,17 @@ pub mod counter {
     pub const MAP_ERROR: u32 = 8;
     /// Fragment-tracking map update failed (ports of later fragments unknown).
     pub const FRAG_MAP_ERROR: u32 = 9;
+    /// Packets the policy rejected (enforced or audited).
+    pub const POLICY_REJECT: u32 = 10;
+    /// Packets dropped because an enforcing rule set rejected them.
+    pub const POLICY_DROP: u32 = 11;
+    /// Connection-tracking insert failed (a reply may be evaluated as new).
+    pub const CT_ERROR: u32 = 12;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 
     /// Names for logs and metrics, indexed by counter.
-    pub const NAMES: [&str; 10] = [
+    pub const NAMES: [&str; 13] = [
         "seen",
         "not_ip",
         "truncated_l3",
@@ -151,6 +160,9 @@ pub mod counter {
         "skip_map_full",
         "map_error",
         "frag_map_error",
+        "policy_reject",
+        "policy_drop",
+        "ct_error",
     ];
 }
 
@@ -182,8 +194,120 @@ const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
 pub mod config {
     /// Active generation (0 or 1) of the flow maps.
     pub const GENERATION: u32 = 0;
+    /// Policy epoch: bumped at every policy (re)load. `epoch & 1` selects the active
+    /// generation of the policy maps; tracked connections of older epochs are
+    /// re-evaluated against the rules.
+    pub const POLICY_EPOCH: u32 = 1;
     pub const COUNT: u32 = 4;
 }
+
+/// Security policy as the kernel evaluates it: per interface a binding to a rule set;
+/// per rule set an LPM trie mapping (direction, family, peer address) to the bitmap of
+/// rules whose CIDR contains the address, and an array of rules in priority order.
+pub mod policy {
+    /// Rules per rule set (one bit each in the LPM value).
+    pub const MAX_RULES: u32 = 64;
+    /// Rule sets per node.
+    pub const MAX_RULE_SETS: u32 = 64;
+    /// Entries of the CIDR trie per generation.
+    pub const MAX_CIDRS: u32 = 16384;
+    /// Connections tracked for stateful rule sets (LRU).
+    pub const MAX_TRACKED: u32 = 65536;
+
+    /// [`super::PolicyBinding::flags`]: replies of accepted connections are accepted.
+    pub const FLAG_STATEFUL: u8 = 1 << 0;
+    /// [`super::PolicyBinding::flags`]: rejected packets are dropped (else audit only).
+    pub const FLAG_ENFORCE: u8 = 1 << 1;
+
+    /// [`super::Rule::protocol_any`] value: the rule matches every protocol.
+    pub const ANY_PROTOCOL: u8 = 1;
+
+    /// No rule set is bound to the interface: ACCEPT.
+    pub const RULE_NONE: u32 = u32::MAX;
+    /// No rule matched: the direction's default action decided.
+    pub const RULE_DEFAULT: u32 = u32::MAX - 1;
+    /// A tracked connection of a stateful rule set (a reply, or a later packet of an
+    /// accepted connection).
+    pub const RULE_TRACKED: u32 = u32::MAX - 2;
+    /// Largest id a user may give a rule.
+    pub const MAX_RULE_ID: u32 = u32::MAX - 16;
+
+    /// Bits of the LPM key before the address: set id, direction, family, padding.
+    pub const CIDR_KEY_PREFIX_BITS: u32 = 64;
+}
+
+/// Which rule set governs an interface (`POLICY_BINDINGS_<gen>`, keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyBinding {
+    pub set_id: u32,
+    /// Rules in the set (`<= policy::MAX_RULES`).
+    pub rule_count: u8,
+    /// [`policy`] `FLAG_*` bits.
+    pub flags: u8,
+    /// Default [`action`] per [`direction`] (index 0 ingress, 1 egress).
+    pub default_action: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyBinding>() == 8);
+
+/// Data of the CIDR trie key (`POLICY_CIDRS_<gen>`). The LPM prefix length counts
+/// [`policy::CIDR_KEY_PREFIX_BITS`] plus the CIDR's own prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrKey {
+    pub set_id: u32,
+    pub direction: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// Peer address (source for ingress, destination for egress), network order;
+    /// IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<CidrKey>() == 24);
+
+/// One rule (`POLICY_RULES_<gen>`, index `set_id * MAX_RULES + position`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub id: u32,
+    /// Destination port range of the packet, inclusive; `0..=65535` matches every
+    /// packet, including those without ports.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protocol: u8,
+    /// [`policy::ANY_PROTOCOL`] or 0.
+    pub protocol_any: u8,
+    /// [`action`] value.
+    pub action: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Rule>() == 12);
+
+/// A connection tracked for a stateful rule set, the same for both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub ifindex: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// Policy epoch under which the connection was accepted.
+    pub epoch: u32,
+    /// Direction of the packet that opened it.
+    pub opened: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
 
 /// Names of the maps and programs in the eBPF object.
 pub mod names {
@@ -193,6 +317,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FRAGS: &str = "FRAGS";
+    pub const POLICY_BINDINGS: [&str; 2] = ["POL_BIND_0", "POL_BIND_1"];
+    pub const POLICY_CIDRS: [&str; 2] = ["POL_CIDR_0", "POL_CIDR_1"];
+    pub const POLICY_RULES: [&str; 2] = ["POL_RULE_0", "POL_RULE_1"];
+    pub const CONNTRACK: &str = "CONNTRACK";
     pub const TC_INGRESS: &str = "flowlog_tc_ingress";
     pub const TC_EGRESS: &str = "flowlog_tc_egress";
     pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";
@@ -211,6 +339,11 @@ mod user {
     unsafe impl aya::Pod for SkipStats {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for PolicyBinding {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 
     impl FlowStats {
         /// Folds another CPU's counters for the same stream into `self`.
@@ -221,11 +354,15 @@ mod user {
             if self.packets == 0 || (other.first_ns != 0 && other.first_ns < self.first_ns) {
                 self.first_ns = other.first_ns;
             }
-            self.last_ns = self.last_ns.max(other.last_ns);
             self.packets += other.packets;
             self.bytes += other.bytes;
             self.tcp_flags |= other.tcp_flags;
             self.closed |= other.closed;
+            // The rule of the latest packet across CPUs.
+            if other.last_ns >= self.last_ns {
+                self.rule_id = other.rule_id;
+            }
+            self.last_ns = self.last_ns.max(other.last_ns);
         }
     }
 
@@ -273,7 +410,8 @@ mod user {
                 last_ns: 60,
                 tcp_flags: 2,
                 closed: 0,
-                _pad: [0; 6],
+                _pad: [0; 2],
+                rule_id: 0,
             };
             let b = FlowStats {
                 packets: 3,
@@ -282,7 +420,8 @@ mod user {
                 last_ns: 55,
                 tcp_flags: 16,
                 closed: 1,
-                _pad: [0; 6],
+                _pad: [0; 2],
+                rule_id: 0,
             };
             a.merge(&b);
             assert_eq!(

@@ -2,17 +2,20 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
+    },
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 use flowlog_common::{
-    action, counter, direction, family, key_flags, FlowKey, FlowStats, FragKey, FragPorts, SkipKey,
-    SkipStats, TRAFFIC_PATH_UNCLASSIFIED,
+    action, counter, direction, family, key_flags, policy, CidrKey, CtKey, CtValue, FlowKey,
+    FlowStats, FragKey, FragPorts, PolicyBinding, Rule, SkipKey, SkipStats,
+    TRAFFIC_PATH_UNCLASSIFIED,
 };
 
 /// Default capacities; the agent sets the real ones at load time.
@@ -35,6 +38,23 @@ static CONFIG: Array<u32> = Array::with_max_entries(flowlog_common::config::COUN
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map(name = "FRAGS")]
 static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(8192, 0);
+
+#[map(name = "POL_BIND_0")]
+static POL_BIND_0: HashMap<u32, PolicyBinding> = HashMap::with_max_entries(4096, 0);
+#[map(name = "POL_BIND_1")]
+static POL_BIND_1: HashMap<u32, PolicyBinding> = HashMap::with_max_entries(4096, 0);
+#[map(name = "POL_CIDR_0")]
+static POL_CIDR_0: LpmTrie<CidrKey, u64> = LpmTrie::with_max_entries(policy::MAX_CIDRS, 0);
+#[map(name = "POL_CIDR_1")]
+static POL_CIDR_1: LpmTrie<CidrKey, u64> = LpmTrie::with_max_entries(policy::MAX_CIDRS, 0);
+#[map(name = "POL_RULE_0")]
+static POL_RULE_0: Array<Rule> =
+    Array::with_max_entries(policy::MAX_RULE_SETS * policy::MAX_RULES, 0);
+#[map(name = "POL_RULE_1")]
+static POL_RULE_1: Array<Rule> =
+    Array::with_max_entries(policy::MAX_RULE_SETS * policy::MAX_RULES, 0);
+#[map(name = "CONNTRACK")]
+static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(policy::MAX_TRACKED, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -68,14 +88,20 @@ const EEXIST: i32 = -17;
 
 #[classifier]
 pub fn flowlog_tc_ingress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), direction::IN);
-    TC_ACT_UNSPEC
+    if observe(&Skb(&ctx), direction::IN) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
 }
 
 #[classifier]
 pub fn flowlog_tc_egress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), direction::OUT);
-    TC_ACT_UNSPEC
+    if observe(&Skb(&ctx), direction::OUT) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
 }
 
 /// Does nothing: the baseline that `cargo xtask bench` subtracts from the observers'
@@ -87,8 +113,11 @@ pub fn flowlog_tc_empty(_ctx: TcContext) -> i32 {
 
 #[xdp]
 pub fn flowlog_xdp_ingress(ctx: XdpContext) -> u32 {
-    observe(&Xdp(&ctx), direction::IN);
-    xdp_action::XDP_PASS
+    if observe(&Xdp(&ctx), direction::IN) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 /// Read access to a packet, bounds-checked by the kernel helpers.
@@ -203,16 +232,148 @@ struct Parsed {
     bytes: u64,
     packets: u64,
     tcp_flags: u8,
+    /// Policy rule that decided (see `flowlog_common::policy::RULE_*`).
+    rule_id: u32,
 }
 
+/// Counts the frame; returns true when an enforcing rule set rejected it (the
+/// caller drops it). Anything that cannot be parsed is passed.
 #[inline(always)]
-fn observe<P: Packet>(pkt: &P, dir: u8) {
+fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     bump(counter::SEEN);
-    if let Some(p) = parse(pkt, dir) {
-        if record(&p) == Recorded::FirstSkip {
-            pkt.warn_overflow(p.key.ifindex);
+    let Some(mut p) = parse(pkt, dir) else {
+        return false;
+    };
+    let drop = decide(&mut p);
+    if record(&p) == Recorded::FirstSkip {
+        pkt.warn_overflow(p.key.ifindex);
+    }
+    drop
+}
+
+/// Evaluates the security policy for the parsed packet: sets the verdict in its key
+/// and the deciding rule; returns true when the packet must be dropped (enforce).
+#[inline(always)]
+fn decide(p: &mut Parsed) -> bool {
+    let epoch = match CONFIG.get(flowlog_common::config::POLICY_EPOCH) {
+        Some(e) => *e,
+        None => 0,
+    };
+    let g = epoch & 1;
+    let bindings = if g == 0 { &POL_BIND_0 } else { &POL_BIND_1 };
+    // SAFETY: read-only use of a value the agent writes only in the inactive generation.
+    let Some(b) = (unsafe { bindings.get(p.key.ifindex) }) else {
+        p.rule_id = policy::RULE_NONE;
+        return false;
+    };
+    let b = *b;
+    let dir = p.key.direction;
+    let stateful = b.flags & policy::FLAG_STATEFUL != 0;
+    let ct = if stateful { Some(ct_key(&p.key)) } else { None };
+    if let Some(ct) = &ct {
+        if let Some(v) = CONNTRACK.get_ptr(ct) {
+            // SAFETY: value pointer returned by the map for this key.
+            if unsafe { (*v).epoch } == epoch {
+                p.key.action = action::ACCEPT;
+                p.rule_id = policy::RULE_TRACKED;
+                return false;
+            }
         }
     }
+    let (verdict, rule_id) = match_rules(&p.key, &b, g);
+    p.key.action = verdict;
+    p.rule_id = rule_id;
+    if verdict == action::ACCEPT {
+        if let Some(ct) = &ct {
+            let v = CtValue {
+                epoch,
+                opened: dir,
+                _pad: [0; 3],
+            };
+            if CONNTRACK.insert(ct, &v, 0).is_err() {
+                bump(counter::CT_ERROR);
+            }
+        }
+        return false;
+    }
+    bump(counter::POLICY_REJECT);
+    if b.flags & policy::FLAG_ENFORCE != 0 {
+        bump(counter::POLICY_DROP);
+        return true;
+    }
+    false
+}
+
+/// The connection a packet belongs to, the same key for both directions.
+#[inline(always)]
+fn ct_key(k: &FlowKey) -> CtKey {
+    let inbound = k.direction == direction::IN;
+    let (local_addr, remote_addr, local_port, remote_port) = if inbound {
+        (k.dst_addr, k.src_addr, k.dst_port, k.src_port)
+    } else {
+        (k.src_addr, k.dst_addr, k.src_port, k.dst_port)
+    };
+    CtKey {
+        ifindex: k.ifindex,
+        local_addr,
+        remote_addr,
+        local_port,
+        remote_port,
+        protocol: k.protocol,
+        family: k.family,
+        _pad: [0; 2],
+    }
+}
+
+/// First rule, in priority order, whose peer CIDR, protocol and destination port
+/// match; else the direction's default. Bounded: at most `policy::MAX_RULES` rules.
+#[inline(always)]
+fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
+    let dir = k.direction;
+    let default = (b.default_action[(dir & 1) as usize], policy::RULE_DEFAULT);
+    let peer = if dir == direction::IN {
+        k.src_addr
+    } else {
+        k.dst_addr
+    };
+    let lpm = LpmKey::new(
+        policy::CIDR_KEY_PREFIX_BITS + 128,
+        CidrKey {
+            set_id: b.set_id,
+            direction: dir,
+            family: k.family,
+            _pad: [0; 2],
+            addr: peer,
+        },
+    );
+    let cidrs = if g == 0 { &POL_CIDR_0 } else { &POL_CIDR_1 };
+    let Some(bits) = cidrs.get(&lpm) else {
+        return default;
+    };
+    let bits = *bits;
+    let rules = if g == 0 { &POL_RULE_0 } else { &POL_RULE_1 };
+    let has_ports = k.flags & key_flags::PORTS != 0;
+    let base = b.set_id * policy::MAX_RULES;
+    for i in 0..policy::MAX_RULES {
+        if i >= b.rule_count as u32 {
+            break;
+        }
+        if (bits >> i) & 1 == 0 {
+            continue;
+        }
+        let Some(r) = rules.get(base + i) else {
+            break;
+        };
+        if r.protocol_any == 0 && r.protocol != k.protocol {
+            continue;
+        }
+        let all_ports = r.port_lo == 0 && r.port_hi == u16::MAX;
+        if !all_ports && (!has_ports || k.dst_port < r.port_lo || k.dst_port > r.port_hi) {
+            continue;
+        }
+        return (r.action, r.id);
+    }
+    default
 }
 
 /// Parses a frame into its stream key and wire figures. `None` when the frame carries
@@ -315,6 +476,7 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         bytes: ip_len,
         packets: segs as u64,
         tcp_flags: 0,
+        rule_id: 0,
     };
     if ihl < 20 {
         bump(counter::MALFORMED);
@@ -416,6 +578,7 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         bytes: ip_len,
         packets: segs as u64,
         tcp_flags: 0,
+        rule_id: 0,
     };
     if !reached_l4 {
         bump(counter::TRUNCATED_L4);
@@ -540,7 +703,8 @@ fn record(p: &Parsed) -> Recorded {
         last_ns: now,
         tcp_flags: p.tcp_flags,
         closed,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        rule_id: p.rule_id,
     };
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => {}
@@ -569,6 +733,7 @@ fn add(s: *mut FlowStats, p: &Parsed, now: u64, closed: u8) {
     s.last_ns = now;
     s.tcp_flags |= p.tcp_flags;
     s.closed |= closed;
+    s.rule_id = p.rule_id;
 }
 
 /// The flow map is full: count the packet per interface so the window's SKIPDATA
