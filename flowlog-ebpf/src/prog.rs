@@ -3,7 +3,11 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
+    cty::c_void,
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_loop, bpf_xdp_load_bytes},
+    },
     macros::{classifier, map, xdp},
     maps::{
         lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
@@ -350,30 +354,77 @@ fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
     let Some(bits) = cidrs.get(&lpm) else {
         return default;
     };
-    let bits = *bits;
-    let rules = if g == 0 { &POL_RULE_0 } else { &POL_RULE_1 };
-    let has_ports = k.flags & key_flags::PORTS != 0;
-    let base = b.set_id * policy::MAX_RULES;
-    for i in 0..policy::MAX_RULES {
-        if i >= b.rule_count as u32 {
-            break;
-        }
-        if (bits >> i) & 1 == 0 {
-            continue;
-        }
-        let Some(r) = rules.get(base + i) else {
-            break;
-        };
-        if r.protocol_any == 0 && r.protocol != k.protocol {
-            continue;
-        }
-        let all_ports = r.port_lo == 0 && r.port_hi == u16::MAX;
-        if !all_ports && (!has_ports || k.dst_port < r.port_lo || k.dst_port > r.port_hi) {
-            continue;
-        }
-        return (r.action, r.id);
+    let mut walk = RuleWalk {
+        bits: *bits,
+        base: b.set_id * policy::MAX_RULES,
+        generation: g,
+        dst_port: k.dst_port,
+        protocol: k.protocol,
+        has_ports: (k.flags & key_flags::PORTS != 0) as u8,
+        found: 0,
+        action: 0,
+        rule_id: 0,
+    };
+    // bpf_loop: the verifier checks the callback once instead of every unrolled
+    // iteration on every parse path (which made loading take seconds).
+    // SAFETY: `rule_step` has the callback signature bpf_loop expects and `walk`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            (b.rule_count as u32).min(policy::MAX_RULES),
+            rule_step as *const () as *mut c_void,
+            &mut walk as *mut RuleWalk as *mut c_void,
+            0,
+        )
+    };
+    if walk.found != 0 {
+        (walk.action, walk.rule_id)
+    } else {
+        default
     }
-    default
+}
+
+/// State of the walk over a rule set's candidate rules.
+#[repr(C)]
+struct RuleWalk {
+    /// Candidate rules (peer CIDR matched), bit i = i-th rule in priority order.
+    bits: u64,
+    base: u32,
+    generation: u32,
+    dst_port: u16,
+    protocol: u8,
+    has_ports: u8,
+    found: u8,
+    action: u8,
+    rule_id: u32,
+}
+
+/// One step of the rule walk: returns 1 (stop) at the first matching rule.
+extern "C" fn rule_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given in `match_rules`.
+    let w = unsafe { &mut *(ctx as *mut RuleWalk) };
+    if i >= policy::MAX_RULES || (w.bits >> i) & 1 == 0 {
+        return 0;
+    }
+    let rules = if w.generation == 0 {
+        &POL_RULE_0
+    } else {
+        &POL_RULE_1
+    };
+    let Some(r) = rules.get(w.base + i) else {
+        return 1;
+    };
+    if r.protocol_any == 0 && r.protocol != w.protocol {
+        return 0;
+    }
+    let all_ports = r.port_lo == 0 && r.port_hi == u16::MAX;
+    if !all_ports && (w.has_ports == 0 || w.dst_port < r.port_lo || w.dst_port > r.port_hi) {
+        return 0;
+    }
+    w.found = 1;
+    w.action = r.action;
+    w.rule_id = r.id;
+    1
 }
 
 /// Parses a frame into its stream key and wire figures. `None` when the frame carries
