@@ -549,7 +549,8 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         later_fragment(&mut parsed.key, &frag_key);
         return Some(parsed);
     }
-    let hdr = parse_l4(pkt, off + ihl, &mut parsed);
+    let avail = (parsed.bytes as usize).saturating_sub(ihl);
+    let hdr = parse_l4(pkt, off + ihl, avail, &mut parsed);
     if more_frags {
         first_fragment(&parsed.key, &frag_key);
     }
@@ -573,7 +574,9 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
     key.src_addr = ip.saddr;
     key.dst_addr = ip.daddr;
     let payload_len = be16(ip.payload_len) as u64;
-    let ip_len = if segs > 1 || payload_len == 0 {
+    // A payload length of 0 is an empty packet, except on GSO super-packets (BIG
+    // TCP), whose size only the frame tells.
+    let ip_len = if segs > 1 {
         (pkt.len() as u64).saturating_sub(off as u64)
     } else {
         40 + payload_len
@@ -649,7 +652,8 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         later_fragment(&mut parsed.key, &fk);
         return Some(parsed);
     }
-    let hdr = parse_l4(pkt, l4, &mut parsed);
+    let avail = (off + parsed.bytes as usize).saturating_sub(l4);
+    let hdr = parse_l4(pkt, l4, avail, &mut parsed);
     if let Some((id, true, true)) = frag {
         let fk = FragKey { id, ..frag_key };
         first_fragment(&parsed.key, &fk);
@@ -660,35 +664,48 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
     Some(parsed)
 }
 
-/// Reads ports (and TCP flags) of the transport header at `off`. Returns the L4
-/// header length that every GSO segment repeats (0 when unknown).
+/// Reads ports (and TCP flags) of the transport header at `off`, which must lie
+/// whole within the IP packet (`avail` bytes from `off` to the IP length) and the
+/// frame: a cut header yields no ports (and `TRUNCATED_L4`), never bytes of padding.
+/// Returns the L4 header length that every GSO segment repeats (0 when unknown).
 #[inline(always)]
-fn parse_l4<P: Packet>(pkt: &P, off: usize, parsed: &mut Parsed) -> u32 {
+fn parse_l4<P: Packet>(pkt: &P, off: usize, avail: usize, parsed: &mut Parsed) -> u32 {
     let proto = parsed.key.protocol;
-    let hdr_len = match proto {
+    let hdr_len: usize = match proto {
         IPPROTO_TCP => 20,
         IPPROTO_UDP | IPPROTO_UDPLITE => 8,
-        IPPROTO_SCTP => 12,
-        IPPROTO_DCCP => 12,
+        IPPROTO_SCTP | IPPROTO_DCCP => 12,
         _ => return 0,
     };
-    let Some(ports) = pkt.load::<[u8; 4]>(off) else {
+    if avail < hdr_len {
+        bump(counter::TRUNCATED_L4);
+        return 0;
+    }
+    // The load of the header's last byte proves the frame holds all of it.
+    let (Some(ports), Some(_)) = (pkt.load::<[u8; 4]>(off), pkt.load::<u8>(off + hdr_len - 1))
+    else {
         bump(counter::TRUNCATED_L4);
         return 0;
     };
+    if proto == IPPROTO_TCP {
+        // Data offset (high nibble of byte 12) and flags (byte 13).
+        let Some(t) = pkt.load::<[u8; 2]>(off + 12) else {
+            bump(counter::TRUNCATED_L4);
+            return 0;
+        };
+        parsed.tcp_flags = t[1];
+        set_ports(parsed, ports);
+        return ((t[0] >> 4) as u32) * 4;
+    }
+    set_ports(parsed, ports);
+    hdr_len as u32
+}
+
+#[inline(always)]
+fn set_ports(parsed: &mut Parsed, ports: [u8; 4]) {
     parsed.key.src_port = be16([ports[0], ports[1]]);
     parsed.key.dst_port = be16([ports[2], ports[3]]);
     parsed.key.flags |= key_flags::PORTS;
-    if proto != IPPROTO_TCP {
-        return hdr_len;
-    }
-    // Data offset (high nibble of byte 12) and flags (byte 13).
-    let Some(t) = pkt.load::<[u8; 2]>(off + 12) else {
-        bump(counter::TRUNCATED_L4);
-        return 0;
-    };
-    parsed.tcp_flags = t[1];
-    ((t[0] >> 4) as u32) * 4
 }
 
 #[inline(always)]

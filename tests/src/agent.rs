@@ -1,0 +1,290 @@
+//! Runs the `flowlog` binary inside a network namespace and collects its output.
+//!
+//! stdout must carry only JSON records, one per line; stderr carries logs, and a line
+//! containing `collecting` says the programs are attached. The agent is stopped with
+//! SIGINT and must then flush its last (partial) window and exit 0.
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::record::Record;
+
+/// How long the agent may take to attach, and to exit after SIGINT: 20 s, or
+/// `$FLOWLOG_TEST_TIMEOUT` seconds (for slow or heavily loaded machines).
+pub fn agent_timeout() -> Duration {
+    std::env::var("FLOWLOG_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(20), Duration::from_secs)
+}
+
+/// The agent binary: `$FLOWLOG_BIN`, else `flowlog` next to the `deps/` directory the
+/// test executable lives in (`target/<profile>/flowlog`).
+pub fn agent_bin() -> PathBuf {
+    let path = match std::env::var_os("FLOWLOG_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            let deps = exe.parent().expect("test executable has a directory");
+            deps.parent()
+                .expect("test executable is in target/<profile>/deps")
+                .join("flowlog")
+        }
+    };
+    if !path.is_file() {
+        panic!(
+            "agent binary {} not found: build the agent first: cargo build -p flowlog-agent \
+             (or run cargo xtask test), or set FLOWLOG_BIN",
+            path.display()
+        );
+    }
+    path
+}
+
+fn agent_command(ns: &str, args: &[&str]) -> Command {
+    let bin = agent_bin();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[derive(Default)]
+struct Shared {
+    records: Vec<Record>,
+    bad_lines: Vec<String>,
+    stderr: String,
+}
+
+/// A running agent; killed on drop if still running.
+pub struct Agent {
+    child: Option<Child>,
+    desc: String,
+    shared: Arc<Mutex<Shared>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Spawns `flowlog <args>` in namespace `ns` and waits until it is collecting.
+    pub fn start(ns: &str, args: &[&str]) -> Agent {
+        let mut a = Agent::spawn(ns, args);
+        a.wait_ready();
+        a
+    }
+
+    /// Spawns `flowlog <args>` in namespace `ns` (`ip netns exec` execs the binary, so
+    /// the child's pid is the agent's).
+    pub fn spawn(ns: &str, args: &[&str]) -> Agent {
+        let desc = format!("flowlog {} (netns {ns})", args.join(" "));
+        let mut child = agent_command(ns, args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let s1 = shared.clone();
+        let out_reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let mut s = s1.lock().unwrap();
+                match Record::parse(&line) {
+                    Ok(r) => s.records.push(r),
+                    Err(e) => s.bad_lines.push(e),
+                }
+            }
+        });
+        let s2 = shared.clone();
+        let err_reader = thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => s2
+                        .lock()
+                        .unwrap()
+                        .stderr
+                        .push_str(&String::from_utf8_lossy(&buf)),
+                }
+            }
+        });
+        Agent {
+            child: Some(child),
+            desc,
+            shared,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    /// Stderr captured so far.
+    pub fn stderr(&self) -> String {
+        self.shared.lock().unwrap().stderr.clone()
+    }
+
+    /// Records received so far.
+    pub fn records(&self) -> Vec<Record> {
+        self.shared.lock().unwrap().records.clone()
+    }
+
+    /// Waits (at most [`agent_timeout`]) for the stderr line saying it is collecting.
+    pub fn wait_ready(&mut self) {
+        let timeout = agent_timeout();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().lines().any(|l| l.contains("collecting")) {
+                return;
+            }
+            let child = self.child.as_mut().expect("agent already stopped");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Let the reader threads drain the pipes.
+                self.child = None;
+                self.join_readers();
+                panic!(
+                    "{} exited ({status}) before collecting; stderr:\n{}",
+                    self.desc,
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not log `collecting` within {timeout:?}; stderr so far:\n{}",
+                    self.desc,
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for h in self.readers.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Sends SIGINT, waits for exit status 0 (SIGKILL and panic after
+    /// [`agent_timeout`]) and returns every record printed. Stderr and the records are
+    /// echoed on the test's stderr (shown by the test harness when the test fails).
+    pub fn stop(mut self) -> Vec<Record> {
+        let mut child = self.child.take().expect("agent already stopped");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let timeout = agent_timeout();
+        let status = wait_timeout(&mut child, timeout);
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.join_readers();
+            panic!(
+                "{} did not exit within {timeout:?} of SIGINT; stderr:\n{}",
+                self.desc,
+                self.stderr()
+            );
+        };
+        self.join_readers();
+        let s = self.shared.lock().unwrap();
+        eprintln!("---- agent stderr ({}):\n{}", self.desc, s.stderr);
+        eprintln!("---- agent records ({}):", s.records.len());
+        for r in &s.records {
+            eprintln!("{r}");
+        }
+        assert!(
+            s.bad_lines.is_empty(),
+            "{} printed non-JSON lines on stdout: {:#?}",
+            self.desc,
+            s.bad_lines
+        );
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGINT; stderr:\n{}",
+            self.desc,
+            s.stderr
+        );
+        s.records.clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Outcome of an agent run that was expected to end on its own.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exited {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs `flowlog <args>` in `ns` and waits for it to exit on its own (panics after
+/// [`agent_timeout`], killing it).
+pub fn run_to_exit(ns: &str, args: &[&str]) -> Exited {
+    let desc = format!("flowlog {} (netns {ns})", args.join(" "));
+    let mut child = agent_command(ns, args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let timeout = agent_timeout();
+    let Some(status) = wait_timeout(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{desc} was expected to exit but still ran after {timeout:?}; stderr:\n{}",
+            err.join().unwrap_or_default()
+        );
+    };
+    Exited {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}

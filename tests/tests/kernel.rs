@@ -1,0 +1,856 @@
+//! Kernel-level tests of the flowlog eBPF programs (root only).
+//!
+//! Each test loads a fresh copy of the embedded eBPF object (so every map starts
+//! empty), loads the TC ingress/egress and XDP programs without attaching them, and
+//! runs hand-built frames through them with `BPF_PROG_TEST_RUN`. It then reads the
+//! generation-0 flow map (`FLOWS_0`, active at load) and the `COUNTERS` array and
+//! checks exact stream keys (addresses, host-order ports, protocol, family, direction,
+//! PORTS flag) and statistics (packets, IP-layer bytes, TCP flags, closed), plus every
+//! error counter. The programs must never drop: TC returns `TC_ACT_UNSPEC`, XDP returns
+//! `XDP_PASS`.
+//!
+//! Kernel limits of test runs shape some cases: frames shorter than an Ethernet header
+//! (14 bytes) are rejected by the kernel itself, and a frame is at most about 3.7 KB, so
+//! GSO super-packets are built with 3-4 segments of under 1 KB.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use flowlog_common::{
+    action, counter, direction, family, key_flags, names, FlowKey, FlowStats,
+    TRAFFIC_PATH_UNCLASSIFIED,
+};
+use flowlog_tests::{packet::*, require_root};
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+const XDP_PASS: u32 = 2;
+
+/// Userspace copy of the kernel's `struct __sk_buff` (the test-run context of TC
+/// programs). Only `gso_segs` and `gso_size` are set here; the kernel rejects a context
+/// with non-zero bytes in fields it does not accept, which also validates the layout.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SkBuff {
+    len: u32,
+    pkt_type: u32,
+    mark: u32,
+    queue_mapping: u32,
+    protocol: u32,
+    vlan_present: u32,
+    vlan_tci: u32,
+    vlan_proto: u32,
+    priority: u32,
+    ingress_ifindex: u32,
+    ifindex: u32,
+    tc_index: u32,
+    cb: [u32; 5],
+    hash: u32,
+    tc_classid: u32,
+    data: u32,
+    data_end: u32,
+    napi_id: u32,
+    family: u32,
+    remote_ip4: u32,
+    local_ip4: u32,
+    remote_ip6: [u32; 4],
+    local_ip6: [u32; 4],
+    remote_port: u32,
+    local_port: u32,
+    data_meta: u32,
+    flow_keys: u64,
+    tstamp: u64,
+    wire_len: u32,
+    gso_segs: u32,
+    sk: u64,
+    gso_size: u32,
+    tstamp_type: u8,
+    _bitfield: [u8; 3],
+    hwtstamp: u64,
+}
+const _: () = assert!(std::mem::size_of::<SkBuff>() == 192);
+const _: () = assert!(std::mem::offset_of!(SkBuff, gso_segs) == 164);
+const _: () = assert!(std::mem::offset_of!(SkBuff, gso_size) == 176);
+
+impl SkBuff {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain integers with explicit padding fields: every byte is
+        // initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                self as *const SkBuff as *const u8,
+                std::mem::size_of::<SkBuff>(),
+            )
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    TcIngress,
+    TcEgress,
+    Xdp,
+}
+
+impl Hook {
+    fn direction(self) -> u8 {
+        match self {
+            Hook::TcIngress | Hook::Xdp => direction::IN,
+            Hook::TcEgress => direction::OUT,
+        }
+    }
+}
+
+/// A fresh load of the eBPF object with its three programs loaded (not attached).
+struct Progs {
+    ebpf: Ebpf,
+    frames: u64,
+}
+
+impl Progs {
+    fn load() -> Progs {
+        require_root();
+        let obj = flowlog_agent::ebpf_object();
+        assert!(
+            !obj.is_empty(),
+            "the embedded eBPF object is empty (flowlog-agent built with AYA_BUILD_SKIP=1?): \
+             rebuild without it"
+        );
+        let mut ebpf = Ebpf::load(obj).expect("loading the eBPF object");
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("no program {name} in the object"))
+                .try_into()
+                .unwrap_or_else(|e| panic!("{name} is not a SchedClassifier: {e}"));
+            p.load().unwrap_or_else(|e| panic!("loading {name}: {e:?}"));
+        }
+        let x: &mut Xdp = ebpf
+            .program_mut(names::XDP_INGRESS)
+            .unwrap_or_else(|| panic!("no program {} in the object", names::XDP_INGRESS))
+            .try_into()
+            .expect("XDP program type");
+        x.load()
+            .unwrap_or_else(|e| panic!("loading {}: {e:?}", names::XDP_INGRESS));
+        Progs { ebpf, frames: 0 }
+    }
+
+    fn run(&mut self, hook: Hook, frame: &[u8]) {
+        self.try_run(hook, frame, None)
+            .unwrap_or_else(|e| panic!("test run of {hook:?} on {} bytes: {e}", frame.len()));
+    }
+
+    fn run_gso(&mut self, hook: Hook, frame: &[u8], segs: u32, size: u32) {
+        assert_ne!(hook, Hook::Xdp, "GSO metadata only exists for skbs");
+        let ctx = SkBuff {
+            gso_segs: segs,
+            gso_size: size,
+            ..Default::default()
+        };
+        self.try_run(hook, frame, Some(ctx))
+            .unwrap_or_else(|e| panic!("GSO test run of {hook:?}: {e}"));
+    }
+
+    /// Runs one frame; `Err` if the kernel refused the test run itself.
+    fn try_run(&mut self, hook: Hook, frame: &[u8], ctx: Option<SkBuff>) -> Result<(), String> {
+        let mut ctx_out = [0u8; 256];
+        let ctx_in = ctx.as_ref().map(SkBuff::bytes);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in,
+            ctx_out: ctx.is_some().then_some(&mut ctx_out[..]),
+            ..TestRunOptions::default()
+        };
+        let (result, expected) = match hook {
+            Hook::TcIngress | Hook::TcEgress => {
+                let name = if hook == Hook::TcIngress {
+                    names::TC_INGRESS
+                } else {
+                    names::TC_EGRESS
+                };
+                let p: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
+                (p.test_run(opts), TC_ACT_UNSPEC)
+            }
+            Hook::Xdp => {
+                let p: &Xdp = self
+                    .ebpf
+                    .program(names::XDP_INGRESS)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                (p.test_run(opts), XDP_PASS)
+            }
+        };
+        let result = result.map_err(|e| format!("{e:?}"))?;
+        self.frames += 1;
+        assert_eq!(
+            result.return_value, expected,
+            "{hook:?} returned {:#x}: the observer must pass every packet",
+            result.return_value
+        );
+        if let Some(ctx) = ctx {
+            // The kernel copies the context back: the GSO fields must round-trip, which
+            // proves the layout of `SkBuff`.
+            let segs = u32::from_ne_bytes(ctx_out[164..168].try_into().unwrap());
+            let size = u32::from_ne_bytes(ctx_out[176..180].try_into().unwrap());
+            assert_eq!(
+                (segs, size),
+                (ctx.gso_segs, ctx.gso_size),
+                "ctx_out GSO fields"
+            );
+        }
+        Ok(())
+    }
+
+    /// The generation-0 flow map, summed over CPUs.
+    fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
+        let map: PerCpuHashMap<_, FlowKey, FlowStats> =
+            PerCpuHashMap::try_from(self.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map"))
+                .expect("FLOWS_0 is a per-CPU hash map of FlowKey -> FlowStats");
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.expect("iterating FLOWS_0");
+            let mut total = FlowStats::default();
+            for s in per_cpu.iter() {
+                total.merge(s);
+            }
+            out.push((k, total));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// The generation-1 flow map must stay empty while generation 0 is active.
+    fn assert_inactive_generation_empty(&self) {
+        let map: PerCpuHashMap<_, FlowKey, FlowStats> =
+            PerCpuHashMap::try_from(self.ebpf.map(names::FLOWS[1]).expect("FLOWS_1 map"))
+                .expect("FLOWS_1 type");
+        assert_eq!(
+            map.keys().count(),
+            0,
+            "FLOWS_1 written while generation 0 is active"
+        );
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).expect("COUNTERS map"))
+                .expect("COUNTERS is a per-CPU array of u64");
+        (0..counter::COUNT)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or_else(|e| panic!("COUNTERS[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    /// Asserts every counter: SEEN = frames run, the listed ones as given, others 0.
+    fn assert_counters(&self, expected: &[(u32, u64)]) {
+        let got = self.counters();
+        let mut want = vec![0u64; counter::COUNT as usize];
+        want[counter::SEEN as usize] = self.frames;
+        for (i, v) in expected {
+            want[*i as usize] = *v;
+        }
+        let label = |i: usize| counter::NAMES.get(i).copied().unwrap_or("unused");
+        let diff: Vec<String> = (0..want.len())
+            .filter(|i| got[*i] != want[*i])
+            .map(|i| format!("{}: got {} want {}", label(i), got[i], want[i]))
+            .collect();
+        assert!(diff.is_empty(), "COUNTERS differ: {diff:?}");
+    }
+
+    /// Asserts the flow map holds exactly `expected` (in any order).
+    fn assert_flows(&self, expected: &[Exp]) {
+        let flows = self.flows();
+        let dump = || {
+            flows
+                .iter()
+                .map(|(k, s)| format!("{k:?} => {s:?}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            flows.len(),
+            expected.len(),
+            "number of streams; flows:\n{}",
+            dump()
+        );
+        if let Some((first, _)) = flows.first() {
+            for (k, _) in &flows {
+                assert_eq!(k.ifindex, first.ifindex, "ifindex differs between streams");
+                assert_ne!(k.ifindex, 0, "ifindex 0");
+            }
+        }
+        for e in expected {
+            let matching: Vec<&(FlowKey, FlowStats)> =
+                flows.iter().filter(|(k, _)| e.key_matches(k)).collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "expected one stream {e:?}; flows:\n{}",
+                dump()
+            );
+            let (k, s) = matching[0];
+            assert_eq!(k.action, action::ACCEPT, "action of {k:?}");
+            assert_eq!(
+                k.traffic_path, TRAFFIC_PATH_UNCLASSIFIED,
+                "traffic_path of {k:?}"
+            );
+            assert_eq!(
+                (s.packets, s.bytes),
+                (e.packets, e.bytes),
+                "packets/bytes of {e:?}: {s:?}"
+            );
+            assert_eq!(s.tcp_flags, e.tcp_flags, "tcp_flags of {e:?}: {s:?}");
+            assert_eq!(s.closed, e.closed, "closed of {e:?}: {s:?}");
+            assert!(
+                s.first_ns > 0 && s.last_ns >= s.first_ns,
+                "timestamps of {e:?}: {s:?}"
+            );
+        }
+        self.assert_inactive_generation_empty();
+    }
+}
+
+/// An expected stream and its statistics.
+#[derive(Debug, Clone)]
+struct Exp {
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    /// `None`: no PORTS flag and both ports zero.
+    ports: Option<(u16, u16)>,
+    direction: u8,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    closed: u8,
+}
+
+impl Exp {
+    fn new(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, protocol: u8, hook: Hook) -> Exp {
+        Exp {
+            src: src.into(),
+            dst: dst.into(),
+            protocol,
+            ports: None,
+            direction: hook.direction(),
+            packets: 0,
+            bytes: 0,
+            tcp_flags: 0,
+            closed: 0,
+        }
+    }
+    fn ports(mut self, sport: u16, dport: u16) -> Exp {
+        self.ports = Some((sport, dport));
+        self
+    }
+    fn count(mut self, packets: u64, bytes: u64) -> Exp {
+        self.packets = packets;
+        self.bytes = bytes;
+        self
+    }
+    fn tcp(mut self, flags: u8, closed: u8) -> Exp {
+        self.tcp_flags = flags;
+        self.closed = closed;
+        self
+    }
+
+    fn key_matches(&self, k: &FlowKey) -> bool {
+        let fam = if self.src.is_ipv4() {
+            family::IPV4
+        } else {
+            family::IPV6
+        };
+        let addr_bytes = |a: IpAddr| -> [u8; 16] {
+            let mut b = [0u8; 16];
+            match a {
+                IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => b = v6.octets(),
+            }
+            b
+        };
+        let (sp, dp, flag) = match self.ports {
+            Some((s, d)) => (s, d, key_flags::PORTS),
+            None => (0, 0, 0),
+        };
+        k.family == fam
+            && k.src_addr == addr_bytes(self.src)
+            && k.dst_addr == addr_bytes(self.dst)
+            && k.protocol == self.protocol
+            && k.direction == self.direction
+            && (k.flags & key_flags::PORTS) == flag
+            && k.src_port == sp
+            && k.dst_port == dp
+    }
+}
+
+const A4: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+const B4: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 7);
+
+fn a6() -> Ipv6Addr {
+    "2001:db8:1::a".parse().unwrap()
+}
+fn b6() -> Ipv6Addr {
+    "fd00:7:7::b".parse().unwrap()
+}
+
+fn ip4(proto: u8) -> Ipv4 {
+    Ipv4::new(A4, B4, proto)
+}
+
+/// IPv4 TCP frame with `data_len` bytes of data.
+fn tcp4_frame(sport: u16, dport: u16, flags: u8, data_len: usize) -> Vec<u8> {
+    eth4(&ip4(IPPROTO_TCP).build(&tcp(sport, dport, flags, &payload(data_len))))
+}
+
+fn ext_chain() -> Vec<Ext> {
+    vec![
+        Ext::HopByHop { len8: 0 },
+        Ext::DestOpts { len8: 1 },
+        Ext::Routing {
+            addrs: vec!["fd00::99".parse().unwrap()],
+        },
+    ]
+}
+
+/// IPv6 packet behind hop-by-hop (8) + destination options (16) + routing (24).
+fn ip6_with_ext(protocol: u8, l4: &[u8]) -> Vec<u8> {
+    let mut ip = Ipv6::new(a6(), b6(), protocol);
+    for e in ext_chain() {
+        ip = ip.ext(e);
+    }
+    ip.build(l4)
+}
+
+const EXT_LEN: u64 = 8 + 16 + 24;
+
+#[test]
+fn ipv4_tcp_syn_repeat_fin_and_rst() {
+    let mut p = Progs::load();
+    let syn = tcp4_frame(40000, 80, SYN, 0);
+    assert_eq!(syn.len(), 60, "a SYN frame is padded to 60 bytes");
+    p.run(Hook::TcIngress, &syn);
+    let stream = Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress).ports(40000, 80);
+    p.assert_flows(&[stream.clone().count(1, 40).tcp(SYN, 0)]);
+
+    p.run(Hook::TcIngress, &syn);
+    p.assert_flows(&[stream.clone().count(2, 80).tcp(SYN, 0)]);
+
+    // FIN|ACK with 100 bytes of data closes the stream.
+    p.run(
+        Hook::TcIngress,
+        &tcp4_frame(40000, 80, FIN | ACK | PSH, 100),
+    );
+    let closed = stream
+        .clone()
+        .count(3, 80 + 140)
+        .tcp(SYN | FIN | ACK | PSH, 1);
+    p.assert_flows(std::slice::from_ref(&closed));
+
+    // RST on another stream closes that one too.
+    p.run(Hook::TcIngress, &tcp4_frame(40001, 80, RST | ACK, 0));
+    let rst = Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+        .ports(40001, 80)
+        .count(1, 40)
+        .tcp(RST | ACK, 1);
+    p.assert_flows(&[closed, rst]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn ipv4_options_do_not_shift_ports() {
+    let mut p = Progs::load();
+    // IHL 6: router alert.
+    let ra = ip4(IPPROTO_UDP)
+        .options(&[0x94, 0x04, 0x00, 0x00])
+        .build(&udp(5353, 53, &payload(10)));
+    assert_eq!(ra.len(), 24 + 18);
+    p.run(Hook::TcIngress, &eth4(&ra));
+    // IHL 15: 40 bytes of options (NOPs then EOL).
+    let mut opts = vec![1u8; 39];
+    opts.push(0);
+    let full = ip4(IPPROTO_TCP)
+        .options(&opts)
+        .build(&tcp(1234, 443, SYN | ACK, &[]));
+    assert_eq!(full[0], 0x4f);
+    p.run(Hook::TcIngress, &eth4(&full));
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
+            .ports(5353, 53)
+            .count(1, 42),
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+            .ports(1234, 443)
+            .count(1, 80)
+            .tcp(SYN | ACK, 0),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn ethernet_padding_is_not_counted() {
+    let mut p = Progs::load();
+    let ip = ip4(IPPROTO_UDP).build(&udp(7, 9, &[]));
+    assert_eq!(ip.len(), 28);
+    let frame = eth4(&ip);
+    assert_eq!(frame.len(), 60, "46 bytes of IP payload area, 28 used");
+    p.run(Hook::TcIngress, &frame);
+    p.run(Hook::TcEgress, &frame);
+    p.run(Hook::TcEgress, &frame);
+    let inb = Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
+        .ports(7, 9)
+        .count(1, 28);
+    let out = Exp::new(A4, B4, IPPROTO_UDP, Hook::TcEgress)
+        .ports(7, 9)
+        .count(2, 56);
+    p.assert_flows(&[inb, out]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn ipv6_transport_behind_extension_headers() {
+    let mut p = Progs::load();
+    let t = ip6_with_ext(IPPROTO_TCP, &tcp(50000, 8443, SYN, &[]));
+    assert_eq!(t.len() as u64, 40 + EXT_LEN + 20);
+    p.run(Hook::TcIngress, &eth6(&t));
+    let u = ip6_with_ext(IPPROTO_UDP, &udp(5000, 6000, &payload(300)));
+    p.run(Hook::TcIngress, &eth6(&u));
+    p.run(Hook::TcIngress, &eth6(&u));
+    // A plain IPv6 UDP packet of another stream (no extension headers).
+    let plain = Ipv6::new(b6(), a6(), IPPROTO_UDP).build(&udp(6000, 5000, &payload(20)));
+    p.run(Hook::TcIngress, &eth6(&plain));
+    p.assert_flows(&[
+        Exp::new(a6(), b6(), IPPROTO_TCP, Hook::TcIngress)
+            .ports(50000, 8443)
+            .count(1, 40 + EXT_LEN + 20)
+            .tcp(SYN, 0),
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress)
+            .ports(5000, 6000)
+            .count(2, 2 * (40 + EXT_LEN + 308)),
+        Exp::new(b6(), a6(), IPPROTO_UDP, Hook::TcIngress)
+            .ports(6000, 5000)
+            .count(1, 68),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn vlan_and_qinq_tagged_frames() {
+    let mut p = Progs::load();
+    let ip = ip4(IPPROTO_UDP).build(&udp(1111, 2222, &payload(50)));
+    p.run(
+        Hook::TcIngress,
+        &ethernet(&[(ETH_P_8021Q, 100)], ETH_P_IP, &ip),
+    );
+    p.run(
+        Hook::TcIngress,
+        &ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)], ETH_P_IP, &ip),
+    );
+    let ip6 = Ipv6::new(a6(), b6(), IPPROTO_UDP).build(&udp(1111, 2222, &payload(50)));
+    p.run(
+        Hook::TcIngress,
+        &ethernet(&[(ETH_P_8021Q, 100)], ETH_P_IPV6, &ip6),
+    );
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
+            .ports(1111, 2222)
+            .count(2, 2 * 78),
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress)
+            .ports(1111, 2222)
+            .count(1, 98),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn ipv4_fragments_share_the_stream_of_the_first() {
+    let mut p = Progs::load();
+    // Datagram: UDP header (8) + 52 bytes of data = 60 bytes, split 32 + 28.
+    let data = payload(52);
+    let first_l4 = udp_with_len(4000, 4001, 60, &data[..24]);
+    assert_eq!(first_l4.len(), 32);
+    let first = ip4(IPPROTO_UDP).fragment(0x1234, 0, true).build(&first_l4);
+    let second = ip4(IPPROTO_UDP)
+        .fragment(0x1234, 4, false)
+        .build(&data[24..]);
+    assert_eq!((first.len(), second.len()), (52, 48));
+    p.run(Hook::TcIngress, &eth4(&first));
+    p.run(Hook::TcIngress, &eth4(&second));
+    // A non-first fragment of a datagram whose first fragment was never seen.
+    let lone = ip4(IPPROTO_UDP)
+        .fragment(0x9999, 10, false)
+        .build(&payload(40));
+    p.run(Hook::TcIngress, &eth4(&lone));
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
+            .ports(4000, 4001)
+            .count(2, 100),
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress).count(1, 60),
+    ]);
+    p.assert_counters(&[(counter::FRAG_UNKNOWN, 1)]);
+}
+
+#[test]
+fn ipv6_fragments_share_the_stream_of_the_first() {
+    let mut p = Progs::load();
+    let data = payload(100);
+    let frag = |offset: u16, more: bool, id: u32| {
+        Ipv6::new(a6(), b6(), IPPROTO_UDP).ext(Ext::Fragment { offset, more, id })
+    };
+    // Datagram: UDP header + 100 bytes = 108 bytes, split 56 + 52.
+    let first = frag(0, true, 0xabcdef01).build(&udp_with_len(7000, 7001, 108, &data[..48]));
+    let second = frag(7, false, 0xabcdef01).build(&data[48..]);
+    assert_eq!((first.len(), second.len()), (40 + 8 + 56, 40 + 8 + 52));
+    p.run(Hook::TcIngress, &eth6(&first));
+    p.run(Hook::TcIngress, &eth6(&second));
+    let lone = frag(20, true, 0x55).build(&payload(16));
+    p.run(Hook::TcIngress, &eth6(&lone));
+    p.assert_flows(&[
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress)
+            .ports(7000, 7001)
+            .count(2, 104 + 100),
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress).count(1, 64),
+    ]);
+    p.assert_counters(&[(counter::FRAG_UNKNOWN, 1)]);
+}
+
+#[test]
+fn icmp_echoes_form_one_stream_without_ports() {
+    let mut p = Progs::load();
+    let echo =
+        |typ, id, seq| eth4(&ip4(IPPROTO_ICMP).build(&icmp_echo(typ, id, seq, &payload(56))));
+    p.run(Hook::TcEgress, &echo(8, 1, 1));
+    p.run(Hook::TcEgress, &echo(8, 2, 7));
+    p.run(Hook::TcEgress, &echo(0, 3, 1));
+    let echo6 = |typ, id| {
+        eth6(&Ipv6::new(a6(), b6(), IPPROTO_ICMPV6).build(&icmp_echo(typ, id, 1, &payload(56))))
+    };
+    p.run(Hook::TcEgress, &echo6(128, 1));
+    p.run(Hook::TcEgress, &echo6(128, 9));
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_ICMP, Hook::TcEgress).count(3, 3 * 84),
+        Exp::new(a6(), b6(), IPPROTO_ICMPV6, Hook::TcEgress).count(2, 2 * 104),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn other_protocols_with_and_without_ports() {
+    let mut p = Progs::load();
+    let gre_pkt = ip4(IPPROTO_GRE).build(&gre(&payload(30)));
+    p.run(Hook::TcIngress, &eth4(&gre_pkt));
+    p.run(Hook::TcIngress, &eth4(&gre_pkt));
+    let sctp = ip4(IPPROTO_SCTP).build(&ports_header(3868, 3869, 12, &payload(16)));
+    p.run(Hook::TcIngress, &eth4(&sctp));
+    let udplite = ip4(IPPROTO_UDPLITE).build(&ports_header(5004, 5005, 8, &payload(12)));
+    p.run(Hook::TcIngress, &eth4(&udplite));
+    let dccp = ip4(IPPROTO_DCCP).build(&ports_header(6000, 5001, 16, &payload(8)));
+    p.run(Hook::TcIngress, &eth4(&dccp));
+    // Another unknown protocol over IPv6 (protocol 253, experimental).
+    let exp6 = Ipv6::new(a6(), b6(), 253).build(&payload(24));
+    p.run(Hook::TcIngress, &eth6(&exp6));
+    let h = Hook::TcIngress;
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_GRE, h).count(2, 2 * (20 + 34)),
+        Exp::new(A4, B4, IPPROTO_SCTP, h)
+            .ports(3868, 3869)
+            .count(1, 48),
+        Exp::new(A4, B4, IPPROTO_UDPLITE, h)
+            .ports(5004, 5005)
+            .count(1, 40),
+        Exp::new(A4, B4, IPPROTO_DCCP, h)
+            .ports(6000, 5001)
+            .count(1, 44),
+        Exp::new(a6(), b6(), 253, h).count(1, 64),
+    ]);
+    p.assert_counters(&[]);
+}
+
+/// Runs `frame` through TC ingress, or through XDP when the kernel refuses the TC
+/// test run (skb test runs check the network header of what they are given; XDP test
+/// runs do not). Both hooks record direction IN on the same (loopback) ifindex.
+fn run_ingress_somehow(p: &mut Progs, frame: &[u8]) {
+    if let Err(e) = p.try_run(Hook::TcIngress, frame, None) {
+        eprintln!(
+            "kernel refused a TC test run of {} bytes ({e}); using XDP",
+            frame.len()
+        );
+        p.run(Hook::Xdp, frame);
+    }
+}
+
+#[test]
+fn truncated_l2_l3_and_non_ip_frames() {
+    let mut p = Progs::load();
+    let mut l3_truncations = 0;
+    // Frames shorter than an Ethernet header: the kernel refuses test runs of fewer
+    // than 14 bytes; if it ever accepts one, the program must count a truncation.
+    for hook in [Hook::TcIngress, Hook::Xdp] {
+        match p.try_run(hook, &[0u8; 10], None) {
+            Ok(()) => l3_truncations += 1,
+            Err(e) => eprintln!("10-byte frame refused by the kernel for {hook:?}: {e}"),
+        }
+    }
+    // 802.1Q tag cut after the TCI; IPv4 header cut at 10 bytes; IPv6 header cut at
+    // 30 bytes. Each through both hooks where the kernel allows it.
+    let ip = ip4(IPPROTO_UDP).build(&udp(1, 2, &[]));
+    let ip6 = Ipv6::new(a6(), b6(), IPPROTO_UDP).build(&udp(1, 2, &[]));
+    let cut = [
+        ethernet_unpadded(&[], ETH_P_8021Q, &[0x00, 0x64]),
+        ethernet_unpadded(&[], ETH_P_IP, &ip[..10]),
+        ethernet_unpadded(&[], ETH_P_IPV6, &ip6[..30]),
+    ];
+    for frame in &cut {
+        match p.try_run(Hook::TcIngress, frame, None) {
+            Ok(()) => l3_truncations += 1,
+            Err(e) => eprintln!("kernel refused a TC test run of {} bytes: {e}", frame.len()),
+        }
+        p.run(Hook::Xdp, frame);
+        l3_truncations += 1;
+    }
+    // ARP, and an unknown ethertype (LLDP).
+    p.run(Hook::TcIngress, &arp_frame());
+    p.run(Hook::Xdp, &ethernet(&[], 0x88cc, &payload(30)));
+    p.assert_flows(&[]);
+    p.assert_counters(&[
+        (counter::TRUNCATED_L3, l3_truncations),
+        (counter::NOT_IP, 2),
+    ]);
+}
+
+#[test]
+fn transport_header_is_bounded_by_the_ip_length() {
+    let mut p = Progs::load();
+    // A 20-byte IPv4 packet that says TCP but carries no TCP header, in a padded
+    // 60-byte frame: the 26 bytes of Ethernet padding are not a TCP header.
+    let bare = ip4(IPPROTO_TCP).build(&[]);
+    assert_eq!(eth4(&bare).len(), 60);
+    run_ingress_somehow(&mut p, &eth4(&bare));
+    // Same over IPv6: payload length 0, next header UDP, frame padded from 54 to 60.
+    let bare6 = Ipv6::new(a6(), b6(), IPPROTO_UDP).build(&[]);
+    assert_eq!(eth6(&bare6).len(), 60);
+    run_ingress_somehow(&mut p, &eth6(&bare6));
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress).count(1, 20),
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress).count(1, 40),
+    ]);
+    p.assert_counters(&[(counter::TRUNCATED_L4, 2)]);
+}
+
+#[test]
+fn partial_transport_header_counts_without_ports() {
+    let mut p = Progs::load();
+    // A 30-byte IPv4 packet with only 10 bytes of its TCP header, frame not padded.
+    let short = ip4(IPPROTO_TCP).build(&tcp(1000, 2000, SYN, &[])[..10]);
+    assert_eq!(short.len(), 30);
+    run_ingress_somehow(&mut p, &ethernet_unpadded(&[], ETH_P_IP, &short));
+    // IPv6 with only 4 bytes of its UDP header (payload length 4), frame not padded.
+    let short6 = Ipv6::new(a6(), b6(), IPPROTO_UDP).build(&udp(1000, 2000, &[])[..4]);
+    run_ingress_somehow(&mut p, &ethernet_unpadded(&[], ETH_P_IPV6, &short6));
+    // "L4 header truncated: counted with ports -" (flowlog-common, TRUNCATED_L4).
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress).count(1, 30),
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress).count(1, 44),
+    ]);
+    p.assert_counters(&[(counter::TRUNCATED_L4, 2)]);
+}
+
+#[test]
+fn gso_super_packets_count_every_segment() {
+    let mut p = Progs::load();
+    // IPv4: 4 segments of 800 bytes; each wire segment has its own 20 + 20 header.
+    let data = payload(3200);
+    let ip = ip4(IPPROTO_TCP).build(&tcp(33000, 5201, ACK | PSH, &data));
+    assert_eq!(ip.len(), 40 + 3200);
+    p.run_gso(Hook::TcIngress, &eth4(&ip), 4, 800);
+    // IPv4 with TCP timestamps (header 20 + 32): 4 segments of 788 bytes.
+    let ts = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let data = payload(4 * 788);
+    let ipts = ip4(IPPROTO_TCP).build(&tcp_with_options(33001, 5201, ACK, &ts, &data));
+    assert_eq!(ipts.len(), 52 + 4 * 788);
+    p.run_gso(Hook::TcEgress, &eth4(&ipts), 4, 788);
+    // IPv6: 3 segments of 1000 bytes, each with 40 + 20 bytes of headers.
+    let ip6 = Ipv6::new(a6(), b6(), IPPROTO_TCP).build(&tcp(33002, 5201, ACK, &payload(3000)));
+    p.run_gso(Hook::TcEgress, &eth6(&ip6), 3, 1000);
+    // gso_segs 1 (a plain packet that went through GSO code) counts once.
+    let one = ip4(IPPROTO_TCP).build(&tcp(33003, 5201, ACK, &payload(500)));
+    p.run_gso(Hook::TcIngress, &eth4(&one), 1, 500);
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+            .ports(33000, 5201)
+            .count(4, 4 * 40 + 3200)
+            .tcp(ACK | PSH, 0),
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcEgress)
+            .ports(33001, 5201)
+            .count(4, 4 * 52 + 4 * 788)
+            .tcp(ACK, 0),
+        Exp::new(a6(), b6(), IPPROTO_TCP, Hook::TcEgress)
+            .ports(33002, 5201)
+            .count(3, 3 * 60 + 3000)
+            .tcp(ACK, 0),
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+            .ports(33003, 5201)
+            .count(1, 540)
+            .tcp(ACK, 0),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn egress_program_records_direction_out() {
+    let mut p = Progs::load();
+    let f = tcp4_frame(40000, 22, SYN, 0);
+    p.run(Hook::TcEgress, &f);
+    p.run(Hook::TcIngress, &f);
+    p.run(Hook::TcEgress, &f);
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcEgress)
+            .ports(40000, 22)
+            .count(2, 80)
+            .tcp(SYN, 0),
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+            .ports(40000, 22)
+            .count(1, 40)
+            .tcp(SYN, 0),
+    ]);
+    p.assert_counters(&[]);
+}
+
+#[test]
+fn xdp_program_parses_like_tc_ingress() {
+    let mut p = Progs::load();
+    let h = Hook::Xdp;
+    p.run(h, &tcp4_frame(40000, 80, SYN, 0));
+    p.run(h, &tcp4_frame(40000, 80, ACK | FIN, 10));
+    let u = ip6_with_ext(IPPROTO_UDP, &udp(5000, 6000, &payload(300)));
+    p.run(h, &eth6(&u));
+    let v = ip4(IPPROTO_UDP).build(&udp(1111, 2222, &payload(50)));
+    p.run(h, &ethernet(&[(ETH_P_8021Q, 100)], ETH_P_IP, &v));
+    p.run(
+        h,
+        &ethernet(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IP, &v),
+    );
+    // A lone non-first fragment in a padded 60-byte frame: 28 IP bytes.
+    let frag = ip4(IPPROTO_UDP).fragment(0x77, 3, false).build(&payload(8));
+    assert_eq!(eth4(&frag).len(), 60);
+    p.run(h, &eth4(&frag));
+    p.run(h, &arp_frame());
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_TCP, h)
+            .ports(40000, 80)
+            .count(2, 40 + 50)
+            .tcp(SYN | ACK | FIN, 1),
+        Exp::new(a6(), b6(), IPPROTO_UDP, h)
+            .ports(5000, 6000)
+            .count(1, 40 + EXT_LEN + 308),
+        Exp::new(A4, B4, IPPROTO_UDP, h)
+            .ports(1111, 2222)
+            .count(2, 2 * 78),
+        Exp::new(A4, B4, IPPROTO_UDP, h).count(1, 28),
+    ]);
+    p.assert_counters(&[(counter::FRAG_UNKNOWN, 1), (counter::NOT_IP, 1)]);
+}
