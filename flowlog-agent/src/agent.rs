@@ -86,12 +86,12 @@ fn unix_now_ns() -> Result<u64, AgentError> {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
-/// `unix_ns - boottime_ns`: turns the kernel's `bpf_ktime_get_boot_ns` stamps into
-/// wall-clock time.
-fn boot_to_unix_offset() -> Result<i128, AgentError> {
-    let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
+/// `unix_ns - monotonic_ns`: turns the kernel's `bpf_ktime_get_coarse_ns` stamps
+/// (coarse `CLOCK_MONOTONIC`) into wall-clock time.
+fn mono_to_unix_offset() -> Result<i128, AgentError> {
+    let mono = clock_ns(libc::CLOCK_MONOTONIC)?;
     let unix = clock_ns(libc::CLOCK_REALTIME)?;
-    Ok(unix as i128 - boot as i128)
+    Ok(unix as i128 - mono as i128)
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -251,8 +251,8 @@ fn report_counters(before: &[u64], after: &[u64]) {
     }
 }
 
-fn to_unix_secs(boot_ns: u64, offset: i128) -> u64 {
-    let unix = boot_ns as i128 + offset;
+fn to_unix_secs(mono_ns: u64, offset: i128) -> u64 {
+    let unix = mono_ns as i128 + offset;
     if unix <= 0 {
         0
     } else {
@@ -273,7 +273,7 @@ async fn emit_window(
     start_s: u64,
     end_s: u64,
 ) -> Result<usize, AgentError> {
-    let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, boot_to_unix_offset()?)
+    let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, mono_to_unix_offset()?)
         .with_filter(cfg.transfer_type)
         .with_format(cfg.record_format);
     let mut drain = maps.switch()?;
@@ -307,7 +307,7 @@ pub struct WindowWriter<'a> {
     active: Vec<bool>,
     start_s: u64,
     end_s: u64,
-    boot_to_unix: i128,
+    mono_to_unix: i128,
     unknown: u64,
     transfer_type: TransferType,
     format: RecordFormat,
@@ -316,12 +316,12 @@ pub struct WindowWriter<'a> {
 }
 
 impl<'a> WindowWriter<'a> {
-    /// `boot_to_unix` is `unix_ns - boottime_ns` (the kernel stamps boot time).
+    /// `mono_to_unix` is `unix_ns - boottime_ns` (the kernel stamps coarse monotonic time).
     pub fn new(
         interfaces: &'a [InterfaceConfig],
         start_s: u64,
         end_s: u64,
-        boot_to_unix: i128,
+        mono_to_unix: i128,
     ) -> Self {
         Self {
             interfaces,
@@ -333,7 +333,7 @@ impl<'a> WindowWriter<'a> {
             active: vec![false; interfaces.len()],
             start_s,
             end_s,
-            boot_to_unix,
+            mono_to_unix,
             unknown: 0,
             transfer_type: TransferType::All,
             format: RecordFormat::Base,
@@ -370,9 +370,9 @@ impl<'a> WindowWriter<'a> {
                 continue;
             }
             let start =
-                to_unix_secs(stats.first_ns, self.boot_to_unix).clamp(self.start_s, self.end_s);
+                to_unix_secs(stats.first_ns, self.mono_to_unix).clamp(self.start_s, self.end_s);
             let end = if stats.closed != 0 {
-                to_unix_secs(stats.last_ns, self.boot_to_unix).clamp(start, self.end_s)
+                to_unix_secs(stats.last_ns, self.mono_to_unix).clamp(start, self.end_s)
             } else {
                 self.end_s
             };
@@ -431,9 +431,9 @@ pub fn render_window(
     drained: Drained,
     start_s: u64,
     end_s: u64,
-    boot_to_unix: i128,
+    mono_to_unix: i128,
 ) -> usize {
-    let mut w = WindowWriter::new(interfaces, start_s, end_s, boot_to_unix);
+    let mut w = WindowWriter::new(interfaces, start_s, end_s, mono_to_unix);
     w.flows(out, &drained.flows);
     w.finish(out, &drained.skipped);
     w.records

@@ -615,6 +615,7 @@ impl PolicyMaps {
         let g = (next & 1) as usize;
         self.clear(g)?;
         let map_err = |name| move |source| ApplyError::Map { name, source };
+        let mut bound = 0u32;
         for (set_id, set) in policy.sets.iter().enumerate() {
             let binding = policy.binding(set_id);
             for iface in &set.interfaces {
@@ -624,6 +625,7 @@ impl PolicyMaps {
                 self.bindings[g]
                     .insert(ifindex, binding, 0)
                     .map_err(map_err(names::POLICY_BINDINGS[g]))?;
+                bound += 1;
             }
             for (i, rule) in policy.kernel_rules(set_id).into_iter().enumerate() {
                 let idx = set_id as u32 * policy::MAX_RULES + i as u32;
@@ -637,9 +639,19 @@ impl PolicyMaps {
                 .insert(&LpmKey::new(prefix, key), bits, 0)
                 .map_err(map_err(names::POLICY_CIDRS[g]))?;
         }
-        self.config
-            .set(config::POLICY_EPOCH, next, 0)
-            .map_err(map_err(names::CONFIG))?;
+        // Programs read POLICY_BOUND, then POLICY_EPOCH. Ordering the two writes so
+        // that every mix a program may see means "old policy" or "new policy": a
+        // nonzero count goes in before the new epoch, a zero count after it.
+        let set = |c: &mut Array<MapData, u32>, idx, v| {
+            c.set(idx, v, 0).map_err(map_err(names::CONFIG))
+        };
+        if bound > 0 {
+            set(&mut self.config, config::POLICY_BOUND, bound)?;
+            set(&mut self.config, config::POLICY_EPOCH, next)?;
+        } else {
+            set(&mut self.config, config::POLICY_EPOCH, next)?;
+            set(&mut self.config, config::POLICY_BOUND, 0)?;
+        }
         self.barrier.synchronize()?;
         self.epoch = next;
         Ok(())

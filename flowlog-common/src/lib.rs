@@ -76,9 +76,10 @@ pub struct FlowStats {
     pub packets: u64,
     /// IP-layer bytes of those wire packets (no L2 header, padding or FCS).
     pub bytes: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds of the first packet (0 = none on this CPU).
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the first packet (0 = none on this
+    /// CPU).
     pub first_ns: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds of the last packet.
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet.
     pub last_ns: u64,
     /// OR of the TCP flag bytes (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ...).
     pub tcp_flags: u8,
@@ -198,6 +199,8 @@ pub mod config {
     /// generation of the policy maps; tracked connections of older epochs are
     /// re-evaluated against the rules.
     pub const POLICY_EPOCH: u32 = 1;
+    /// Interfaces with a rule set bound (0: the programs skip policy evaluation).
+    pub const POLICY_BOUND: u32 = 2;
     pub const COUNT: u32 = 4;
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::c_void,
     helpers::{
-        bpf_ktime_get_boot_ns,
+        bpf_ktime_get_coarse_ns,
         generated::{bpf_loop, bpf_xdp_load_bytes},
     },
     macros::{classifier, map, xdp},
@@ -259,6 +259,14 @@ fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
 /// and the deciding rule; returns true when the packet must be dropped (enforce).
 #[inline(always)]
 fn decide(p: &mut Parsed) -> bool {
+    // No rule set bound anywhere: skip the binding lookup.
+    if CONFIG
+        .get(flowlog_common::config::POLICY_BOUND)
+        .is_none_or(|n| *n == 0)
+    {
+        p.rule_id = policy::RULE_NONE;
+        return false;
+    }
     let epoch = match CONFIG.get(flowlog_common::config::POLICY_EPOCH) {
         Some(e) => *e,
         None => 0,
@@ -681,22 +689,25 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, avail: usize, parsed: &mut Parsed) -
         bump(counter::TRUNCATED_L4);
         return 0;
     }
-    // The load of the header's last byte proves the frame holds all of it.
-    let (Some(ports), Some(_)) = (pkt.load::<[u8; 4]>(off), pkt.load::<u8>(off + hdr_len - 1))
-    else {
+    // One load of the whole fixed header proves the frame holds it.
+    let ports = match proto {
+        IPPROTO_TCP => {
+            let Some(h) = pkt.load::<[u8; 20]>(off) else {
+                bump(counter::TRUNCATED_L4);
+                return 0;
+            };
+            // Data offset (high nibble of byte 12) and flags (byte 13).
+            parsed.tcp_flags = h[13];
+            set_ports(parsed, [h[0], h[1], h[2], h[3]]);
+            return ((h[12] >> 4) as u32) * 4;
+        }
+        IPPROTO_UDP | IPPROTO_UDPLITE => pkt.load::<[u8; 8]>(off).map(|h| [h[0], h[1], h[2], h[3]]),
+        _ => pkt.load::<[u8; 12]>(off).map(|h| [h[0], h[1], h[2], h[3]]),
+    };
+    let Some(ports) = ports else {
         bump(counter::TRUNCATED_L4);
         return 0;
     };
-    if proto == IPPROTO_TCP {
-        // Data offset (high nibble of byte 12) and flags (byte 13).
-        let Some(t) = pkt.load::<[u8; 2]>(off + 12) else {
-            bump(counter::TRUNCATED_L4);
-            return 0;
-        };
-        parsed.tcp_flags = t[1];
-        set_ports(parsed, ports);
-        return ((t[0] >> 4) as u32) * 4;
-    }
     set_ports(parsed, ports);
     hdr_len as u32
 }
@@ -758,7 +769,9 @@ enum Recorded {
 fn record(p: &Parsed) -> Recorded {
     let gen = generation();
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Coarse monotonic time (a few ns, jiffy resolution): records carry seconds.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
     if let Some(s) = flows.get_ptr_mut(&p.key) {
         add(s, p, now, closed);
