@@ -37,7 +37,9 @@ struct MapCreateAttr {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
-    _rest: [u64; 12],
+    // u32s: a u64 array here would leave 4 bytes of implicit padding after
+    // `map_name`, which the kernel requires to be zero and Rust may leave unset.
+    _rest: [u32; 24],
 }
 
 /// `union bpf_attr` for `BPF_MAP_*_ELEM`.
