@@ -642,9 +642,8 @@ impl PolicyMaps {
         // Programs read POLICY_BOUND, then POLICY_EPOCH. Ordering the two writes so
         // that every mix a program may see means "old policy" or "new policy": a
         // nonzero count goes in before the new epoch, a zero count after it.
-        let set = |c: &mut Array<MapData, u32>, idx, v| {
-            c.set(idx, v, 0).map_err(map_err(names::CONFIG))
-        };
+        let set =
+            |c: &mut Array<MapData, u32>, idx, v| c.set(idx, v, 0).map_err(map_err(names::CONFIG));
         if bound > 0 {
             set(&mut self.config, config::POLICY_BOUND, bound)?;
             set(&mut self.config, config::POLICY_EPOCH, next)?;

@@ -304,13 +304,17 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// Policy epoch under which the connection was accepted.
+    /// Policy epoch under which the connection was judged.
     pub epoch: u32,
+    /// Rule that judged the opening packet.
+    pub rule_id: u32,
     /// Direction of the packet that opened it.
     pub opened: u8,
-    pub _pad: [u8; 3],
+    /// Verdict of the connection.
+    pub action: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 12);
 
 /// Names of the maps and programs in the eBPF object.
 pub mod names {

@@ -281,39 +281,79 @@ fn decide(p: &mut Parsed) -> bool {
     let b = *b;
     let dir = p.key.direction;
     let stateful = b.flags & policy::FLAG_STATEFUL != 0;
+    let enforce = b.flags & policy::FLAG_ENFORCE != 0;
     let ct = if stateful { Some(ct_key(&p.key)) } else { None };
     if let Some(ct) = &ct {
-        if let Some(v) = CONNTRACK.get_ptr(ct) {
+        if let Some(v) = CONNTRACK.get_ptr_mut(ct) {
             // SAFETY: value pointer returned by the map for this key.
-            if unsafe { (*v).epoch } == epoch {
-                p.key.action = action::ACCEPT;
-                p.rule_id = policy::RULE_TRACKED;
+            let v = unsafe { &mut *v };
+            if v.epoch != epoch {
+                // Re-judge the connection by its opening packet's direction.
+                let swap = v.opened != dir;
+                if swap {
+                    reverse(&mut p.key);
+                }
+                let (verdict, rule_id) = match_rules(&p.key, &b, g);
+                if swap {
+                    reverse(&mut p.key);
+                }
+                v.epoch = epoch;
+                v.action = verdict;
+                v.rule_id = rule_id;
+            }
+            p.key.action = v.action;
+            p.rule_id = if v.opened == dir {
+                v.rule_id
+            } else {
+                policy::RULE_TRACKED
+            };
+            if v.action == action::ACCEPT {
                 return false;
             }
+            bump(counter::POLICY_REJECT);
+            if enforce {
+                bump(counter::POLICY_DROP);
+                return true;
+            }
+            return false;
         }
     }
     let (verdict, rule_id) = match_rules(&p.key, &b, g);
     p.key.action = verdict;
     p.rule_id = rule_id;
-    if verdict == action::ACCEPT {
+    // Audit: remember rejected connections too, so that their later packets and
+    // replies keep the verdict enforce would have given them.
+    if verdict == action::ACCEPT || !enforce {
         if let Some(ct) = &ct {
             let v = CtValue {
                 epoch,
+                rule_id,
                 opened: dir,
-                _pad: [0; 3],
+                action: verdict,
+                _pad: [0; 2],
             };
             if CONNTRACK.insert(ct, &v, 0).is_err() {
                 bump(counter::CT_ERROR);
             }
         }
+    }
+    if verdict == action::ACCEPT {
         return false;
     }
     bump(counter::POLICY_REJECT);
-    if b.flags & policy::FLAG_ENFORCE != 0 {
+    if enforce {
         bump(counter::POLICY_DROP);
         return true;
     }
     false
+}
+
+/// Turns a stream key into the key of the same stream seen in the other direction.
+#[inline(always)]
+fn reverse(k: &mut FlowKey) {
+    core::mem::swap(&mut k.src_addr, &mut k.dst_addr);
+    core::mem::swap(&mut k.src_port, &mut k.dst_port);
+    k.direction ^= 1;
 }
 
 /// The connection a packet belongs to, the same key for both directions.
@@ -342,7 +382,12 @@ fn ct_key(k: &FlowKey) -> CtKey {
 #[inline(always)]
 fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
     let dir = k.direction;
-    let default = (b.default_action[(dir & 1) as usize], policy::RULE_DEFAULT);
+    let default_action = if dir == direction::IN {
+        b.default_action[0]
+    } else {
+        b.default_action[1]
+    };
+    let default = (default_action, policy::RULE_DEFAULT);
     let peer = if dir == direction::IN {
         k.src_addr
     } else {

@@ -139,6 +139,43 @@ impl Agent {
         self.shared.lock().unwrap().records.clone()
     }
 
+    /// The agent's process id (`ip netns exec` execs the binary in place).
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().expect("agent already stopped").id() as libc::pid_t
+    }
+
+    /// Sends `sig` to the agent.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Sends SIGHUP (policy reload) and waits (at most [`agent_timeout`]) until the
+    /// agent logged its outcome: a new stderr line about the reload (`policy reloaded`,
+    /// `policy reload failed`, ...). Returns the stderr lines logged since the signal.
+    pub fn reload(&self) -> String {
+        let is_reload = |l: &&str| l.contains("reload") || l.contains("SIGHUP");
+        let before = self.stderr();
+        let seen = before.lines().filter(is_reload).count();
+        self.signal(libc::SIGHUP);
+        let timeout = agent_timeout();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.stderr();
+            if now.lines().filter(is_reload).count() > seen {
+                return now[before.len()..].to_string();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} logged nothing about a reload within {timeout:?} of SIGHUP; stderr:\n{now}",
+                    self.desc
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits (at most [`agent_timeout`]) for the stderr line saying it is collecting.
     pub fn wait_ready(&mut self) {
         let timeout = agent_timeout();

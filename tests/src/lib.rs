@@ -9,12 +9,17 @@
 //! * [`traffic`]: bounded traffic generators between namespaces (UDP, TCP, ICMP echo)
 //!   and `/proc/net/snmp` counters.
 //! * [`packet`]: a byte-exact packet builder for `BPF_PROG_TEST_RUN` tests.
+//! * [`policy`]: temporary policy files for `--policy`, rewritten atomically for reloads.
+//! * [`tcp`]: TCP clients bound to a chosen source address with a connect timeout, and a
+//!   many-connection server, both reporting their sockets' own `TCP_INFO` counters.
 //!
 //! Everything here needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN for `setns`, CAP_BPF).
 pub mod agent;
 pub mod netns;
 pub mod packet;
+pub mod policy;
 pub mod record;
+pub mod tcp;
 pub mod traffic;
 
 pub use agent::{agent_bin, run_to_exit, Agent, Exited};

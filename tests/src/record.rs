@@ -138,6 +138,14 @@ impl Record {
     pub fn eni(&self) -> &str {
         self.field("eni-id")
     }
+    /// `rule-id` of an extended-format OK record: a rule id, `default`, `tracked` or
+    /// `-`.
+    pub fn rule_id(&self) -> &str {
+        self.field("rule-id")
+    }
+    pub fn action(&self) -> &str {
+        self.field("action")
+    }
 }
 
 impl fmt::Display for Record {
@@ -299,4 +307,33 @@ pub fn validate_record_shape(r: &Record) {
             }
         }
     }
+}
+
+/// [`validate_record_shape`] for `--record-format extended`: OK records carry one more
+/// field, `rule-id`, last, holding a rule id, `default`, `tracked` or `-`; NODATA and
+/// SKIPDATA records keep the base shape.
+pub fn validate_extended_record_shape(r: &Record) {
+    if r.get("log-status") != Some("OK") {
+        assert!(
+            r.get("rule-id").is_none(),
+            "rule-id outside an OK record: {r}"
+        );
+        validate_record_shape(r);
+        return;
+    }
+    let (last, _) = r
+        .fields
+        .last()
+        .unwrap_or_else(|| panic!("empty record: {r}"));
+    assert_eq!(last, "rule-id", "rule-id is not the last field: {r}");
+    let id = r.rule_id();
+    assert!(
+        matches!(id, "default" | "tracked" | "-") || id.parse::<u32>().is_ok(),
+        "rule-id = {id:?} is neither a rule id nor default/tracked/-: {r}"
+    );
+    let base = Record {
+        fields: r.fields[..r.fields.len() - 1].to_vec(),
+        raw: r.raw.clone(),
+    };
+    validate_record_shape(&base);
 }
