@@ -140,9 +140,22 @@ trait Packet {
 
 struct Skb<'a>(&'a TcContext);
 
+/// Headers beyond this offset are read through the helper only (keeps the
+/// verifier's bound on direct packet access small).
+const MAX_DIRECT_OFFSET: usize = 256;
+
 impl Packet for Skb<'_> {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        // Direct access to the linear part (where headers almost always are) is much
+        // cheaper than a helper call; anything else goes through bpf_skb_load_bytes,
+        // which also reads paged data.
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
         self.0.load::<T>(offset).ok()
     }
     #[inline(always)]
