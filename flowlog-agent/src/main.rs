@@ -45,5 +45,63 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "query")]
+        Command::Query(args) => query::run(&args),
+        #[cfg(feature = "query")]
+        Command::Report(args) => query::report(&args),
+    }
+}
+
+/// `flowlog query` and `flowlog report`: the work is in `flowlog_query::cli`.
+#[cfg(feature = "query")]
+mod query {
+    use std::process::ExitCode;
+
+    use flowlog_agent::config::{QueryArgs, QueryFormat, RangeArgs, ReportArgs};
+    use flowlog_query::{
+        cli::{QueryCommand, RangeFlags, ReportCommand},
+        OutputFormat, QueryError,
+    };
+
+    fn range(r: &RangeArgs) -> RangeFlags {
+        RangeFlags {
+            since: r.since.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+        }
+    }
+
+    fn exit(result: Result<(), QueryError>) -> ExitCode {
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flowlog: error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    }
+
+    pub fn run(args: &QueryArgs) -> ExitCode {
+        let cmd = QueryCommand {
+            logs: args.logs.clone(),
+            format: match args.format {
+                QueryFormat::Table => OutputFormat::Table,
+                QueryFormat::Csv => OutputFormat::Csv,
+                QueryFormat::Json => OutputFormat::Json,
+            },
+            range: range(&args.range),
+            query: args.query.clone(),
+        };
+        exit(cmd.run(&mut std::io::stdout().lock()))
+    }
+
+    pub fn report(args: &ReportArgs) -> ExitCode {
+        let cmd = ReportCommand {
+            logs: args.logs.clone(),
+            cidrs: args.cidrs.clone(),
+            out: args.out.clone(),
+            range: range(&args.range),
+        };
+        exit(cmd.run(&mut std::io::stdout().lock()))
     }
 }

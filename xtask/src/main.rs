@@ -4,6 +4,8 @@
 //!   object) and run it, through `sudo` when not root.
 //! - `cargo xtask test`: unit tests (unprivileged), then the kernel and namespace
 //!   integration tests as root.
+mod bench;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -35,6 +37,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): kernel cost per packet, veth throughput vs. softflowd, drain
+    /// time and agent memory; writes target/bench/summary.json.
+    Bench(bench::BenchArgs),
 }
 
 fn workspace_root() -> PathBuf {
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
+        Task::Bench(args) => bench::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,248 @@
+//! How long the agent's own code takes to drain N live flows at a window boundary and
+//! write them as JSON lines to a file: the same steps as the agent's `emit_window`
+//! (`FlowMaps::switch`: generation flip + RCU grace period; `GenerationDrain::next_batch`
+//! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`) + `WindowWriter::flows` per batch, the buffer
+//! written every MiB; `GenerationDrain::finish` + `WindowWriter::finish`), timed per step.
+//! The flow map is filled from user space (one key per stream, counters on one CPU
+//! each, as a stream steered to one CPU looks), with max_entries as the agent's
+//! `--max-flows` would set them.
+use std::{
+    fs,
+    io::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    EbpfLoader,
+};
+use flowlog_agent::{
+    agent::WindowWriter, config::InterfaceConfig, drain::FlowMaps, record::InterfaceMeta,
+};
+use flowlog_common::{
+    action, direction, family, key_flags, names, FlowKey, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
+};
+use serde_json::json;
+
+use super::{
+    kernel::flows_label,
+    report::{Row, Target},
+    sys,
+};
+
+const IFINDEX: u32 = 7;
+/// The agent hands rendered records to its sink every MiB (`agent::FLUSH_BYTES`).
+const FLUSH_BYTES: usize = 1 << 20;
+
+fn clock(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn key(i: usize) -> FlowKey {
+    let mut k = FlowKey {
+        ifindex: IFINDEX,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 1024 + (i % 50_000) as u16,
+        dst_port: 443,
+        protocol: 6,
+        family: family::IPV4,
+        direction: direction::IN,
+        action: action::ACCEPT,
+        flags: key_flags::PORTS,
+        traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
+        _pad: [0; 2],
+    };
+    k.src_addr[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    k.dst_addr[..4].copy_from_slice(&[10, 250, 0, 1]);
+    k
+}
+
+struct Timing {
+    fill: Duration,
+    /// `FlowMaps::take` + `switch` (generation flip + RCU grace period), part of `drain`.
+    switch: Duration,
+    drain: Duration,
+    render: Duration,
+    write: Duration,
+    records: usize,
+    bytes: usize,
+}
+
+fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
+    let max = (n.next_power_of_two() as u32).max(65536);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::FLOWS[0], max)
+        .map_max_entries(names::FLOWS[1], max)
+        .load(obj)
+        .context("loading the eBPF object")?;
+    let ncpu = aya::util::nr_cpus().map_err(|(f, e)| anyhow::anyhow!("{f}: {e}"))?;
+    let now_boot = clock(libc::CLOCK_BOOTTIME);
+    let t = Instant::now();
+    {
+        let mut map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = ebpf
+            .map_mut(names::FLOWS[0])
+            .context("no FLOWS_0")?
+            .try_into()?;
+        for i in 0..n {
+            if i.is_multiple_of(10_000) {
+                sys::check_stop()?;
+            }
+            let mut v = vec![FlowStats::default(); ncpu];
+            v[i % ncpu] = FlowStats {
+                packets: 10 + (i % 1000) as u64,
+                bytes: 1500 * (10 + (i % 1000) as u64),
+                first_ns: now_boot - 5_000_000_000,
+                last_ns: now_boot - 1_000_000_000,
+                tcp_flags: 0x18,
+                ..FlowStats::default()
+            };
+            map.insert(key(i), PerCpuValues::try_from(v)?, 0)
+                .with_context(|| format!("inserting flow {i} of {n}"))?;
+        }
+    }
+    let fill = t.elapsed();
+
+    let ifaces = [InterfaceConfig {
+        name: "bench0".into(),
+        ifindex: IFINDEX,
+        meta: InterfaceMeta {
+            eni_id: "bench0".into(),
+            ..Default::default()
+        },
+    }];
+    let unix = clock(libc::CLOCK_REALTIME);
+    let offset = unix as i128 - clock(libc::CLOCK_BOOTTIME) as i128;
+    let end_s = unix / 1_000_000_000;
+    let mut file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+
+    // The timed part mirrors the agent's `emit_window` (plus `FlowMaps::take`, which
+    // the agent does once at start-up): switch generation (RCU grace period), then
+    // batch by batch: drain from the kernel, render JSON lines, hand
+    // every MiB to the file; finally skip counters, SKIPDATA/NODATA, flush.
+    let (mut drain_t, mut render_t, mut write_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut bytes = 0usize;
+    let t = Instant::now();
+    let mut maps = FlowMaps::take(&mut ebpf)?;
+    let mut w = WindowWriter::new(&ifaces, end_s - 60, end_s, offset);
+    let mut gen = maps.switch()?;
+    let mut batch = Vec::with_capacity(flowlog_agent::drain::BATCH);
+    let mut buf = Vec::with_capacity(FLUSH_BYTES + (1 << 16));
+    let switch_t = t.elapsed();
+    drain_t += switch_t;
+    loop {
+        let t = Instant::now();
+        batch.clear();
+        let more = gen.next_batch(&mut batch)?;
+        let t1 = Instant::now();
+        w.flows(&mut buf, &batch);
+        let t2 = Instant::now();
+        if buf.len() >= FLUSH_BYTES {
+            file.write_all(&buf)?;
+            bytes += buf.len();
+            buf.clear();
+        }
+        drain_t += t1 - t;
+        render_t += t2 - t1;
+        write_t += t2.elapsed();
+        if !more {
+            break;
+        }
+    }
+    let t = Instant::now();
+    let skipped = gen.finish()?;
+    let t1 = Instant::now();
+    w.finish(&mut buf, &skipped);
+    let t2 = Instant::now();
+    file.write_all(&buf)?;
+    file.flush()?;
+    bytes += buf.len();
+    drain_t += t1 - t;
+    render_t += t2 - t1;
+    write_t += t2.elapsed();
+    drop(file);
+    let _ = fs::remove_file(out);
+    let records = w.records;
+    if records != n {
+        bail!("{n} flows drained into {records} records");
+    }
+    Ok(Timing {
+        fill,
+        switch: switch_t,
+        drain: drain_t,
+        render: render_t,
+        write: write_t,
+        records,
+        bytes,
+    })
+}
+
+pub fn run(
+    obj: &[u8],
+    sizes: &[usize],
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(Vec<Row>, serde_json::Value)> {
+    let mut rows = Vec::new();
+    let mut samples = json!({});
+    for &n in sizes {
+        sys::check_stop()?;
+        let label = flows_label(n);
+        let t = one(obj, n, &dir.join(format!("drain-{label}.jsonl")))?;
+        let total = (t.drain + t.render + t.write).as_secs_f64();
+        let floor = (t.render + t.write).as_secs_f64();
+        progress(&format!(
+            "  drain {n}: {total:.3} s (switch + batched drain {:.3} s, render {:.3} s, write {:.3} s); fill {:.2} s",
+            t.drain.as_secs_f64(),
+            t.render.as_secs_f64(),
+            t.write.as_secs_f64(),
+            t.fill.as_secs_f64()
+        ));
+        samples[&label] = json!({
+            "fill_s": t.fill.as_secs_f64(),
+            "take_switch_s": t.switch.as_secs_f64(),
+            "take_switch_drain_s": t.drain.as_secs_f64(),
+            "render_s": t.render.as_secs_f64(),
+            "write_s": t.write.as_secs_f64(),
+            "records": t.records,
+            "bytes": t.bytes,
+        });
+        let short = label.trim_end_matches("_flows");
+        let mut row = Row::new(
+            &format!("drain_{label}_seconds"),
+            total,
+            "s",
+            floor,
+            "s (render + write alone)",
+        )
+        .note(format!(
+            "{} records, {:.1} MB of JSON lines: take + switch (RCU grace period) {:.3} s, batched drain {:.3} s, WindowWriter {:.3} s, write {:.3} s",
+            t.records,
+            t.bytes as f64 / 1e6,
+            t.switch.as_secs_f64(),
+            (t.drain - t.switch).as_secs_f64(),
+            t.render.as_secs_f64(),
+            t.write.as_secs_f64()
+        ));
+        if n == 1_000_000 {
+            row = row.target(Target::Below(1.0));
+        }
+        rows.push(row);
+        rows.push(Row::new(
+            &format!("drain_{short}_records_per_second"),
+            t.records as f64 / total,
+            "records/s",
+            t.records as f64 / floor,
+            "records/s (render + write alone)",
+        ));
+    }
+    Ok((rows, samples))
+}
