@@ -30,15 +30,19 @@ pub struct TcpInfo {
     pub segs_out: u32,
     /// Payload bytes sent, retransmissions included.
     pub bytes_sent: u64,
+    /// Payload bytes retransmitted.
+    pub bytes_retrans: u64,
     /// Segments retransmitted (SYN retransmissions included).
     pub total_retrans: u32,
 }
 
-/// Offsets in the kernel's `struct tcp_info` (include/uapi/linux/tcp.h).
+/// Offsets in the kernel's `struct tcp_info` (include/uapi/linux/tcp.h); glibc's
+/// copy stops at `tcpi_total_retrans`.
 const TCPI_STATE: usize = 0;
 const TCPI_TOTAL_RETRANS: usize = 100;
 const TCPI_SEGS_OUT: usize = 136;
 const TCPI_BYTES_SENT: usize = 200;
+const TCPI_BYTES_RETRANS: usize = 208;
 
 /// `TCP_STATE` values of include/net/tcp_states.h.
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -61,7 +65,7 @@ pub fn tcp_info_fd(fd: RawFd) -> TcpInfo {
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
     assert!(
-        len as usize >= TCPI_BYTES_SENT + 8,
+        len as usize >= TCPI_BYTES_RETRANS + 8,
         "kernel tcp_info too short ({len} bytes)"
     );
     let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap());
@@ -70,6 +74,7 @@ pub fn tcp_info_fd(fd: RawFd) -> TcpInfo {
         state: buf[TCPI_STATE],
         segs_out: u32_at(TCPI_SEGS_OUT),
         bytes_sent: u64_at(TCPI_BYTES_SENT),
+        bytes_retrans: u64_at(TCPI_BYTES_RETRANS),
         total_retrans: u32_at(TCPI_TOTAL_RETRANS),
     }
 }

@@ -231,39 +231,14 @@ pub struct TcpSendStats {
     pub total_retrans: u32,
 }
 
-/// Offsets in the kernel's `struct tcp_info` (include/uapi/linux/tcp.h); glibc's
-/// copy stops at `tcpi_total_retrans`.
-const TCPI_TOTAL_RETRANS: usize = 100;
-const TCPI_SEGS_OUT: usize = 136;
-const TCPI_BYTES_SENT: usize = 200;
-const TCPI_BYTES_RETRANS: usize = 208;
-
 fn tcp_info(s: &TcpStream) -> TcpSendStats {
-    let mut buf = [0u8; 512];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: valid socket fd, buffer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
-    assert!(
-        len as usize >= TCPI_BYTES_RETRANS + 8,
-        "kernel tcp_info too short ({len} bytes) for bytes_sent"
-    );
-    let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap());
+    let info = crate::tcp::tcp_info_fd(s.as_raw_fd());
     TcpSendStats {
         local: s.local_addr().unwrap(),
-        segs_out: u32_at(TCPI_SEGS_OUT),
-        bytes_sent: u64_at(TCPI_BYTES_SENT),
-        bytes_retrans: u64_at(TCPI_BYTES_RETRANS),
-        total_retrans: u32_at(TCPI_TOTAL_RETRANS),
+        segs_out: info.segs_out,
+        bytes_sent: info.bytes_sent,
+        bytes_retrans: info.bytes_retrans,
+        total_retrans: info.total_retrans,
     }
 }
 
