@@ -77,72 +77,21 @@ pub enum Command {
     /// every capture-window boundary.
     Run(RunArgs),
     /// Run SQL over flow log files, as in the log service: '<search> | <SQL>' over
-    /// the table `log` (see the README's "Querying the logs").
-    #[cfg(feature = "query")]
-    Query(QueryArgs),
+    /// the table `log` (runs the separately installed `flowlog-query`; see the
+    /// README's "Querying the logs").
+    #[command(disable_help_flag = true)]
+    Query(PassThrough),
     /// Run the built-in reports over flow log files: print their tables and write
-    /// one self-contained HTML page with charts.
-    #[cfg(feature = "query")]
-    Report(ReportArgs),
+    /// one self-contained HTML page with charts (runs `flowlog-query`).
+    #[command(disable_help_flag = true)]
+    Report(PassThrough),
 }
 
-/// Time range of `flowlog query` / `flowlog report`, on the records' `start`.
-#[cfg(feature = "query")]
+/// Arguments handed unchanged to the `flowlog-query` binary (including `--help`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
-pub struct RangeArgs {
-    /// Only records that started in the last DUR: 15m, 2h, 1d, 1h30m.
-    #[arg(long, value_name = "DUR", conflicts_with_all = ["from", "to"])]
-    pub since: Option<String>,
-    /// Only records that started at or after T (unix seconds or RFC 3339).
-    #[arg(long, value_name = "T")]
-    pub from: Option<String>,
-    /// Only records that started before T (unix seconds or RFC 3339).
-    #[arg(long, value_name = "T")]
-    pub to: Option<String>,
-}
-
-/// Flags of `flowlog query`.
-#[cfg(feature = "query")]
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct QueryArgs {
-    /// A log file, or a directory of them (its *.json, *.jsonl, *.log); repeatable.
-    #[arg(long = "logs", value_name = "PATH", required = true)]
-    pub logs: Vec<PathBuf>,
-    /// Output: an aligned table, CSV, or JSON lines (one object per row).
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = QueryFormat::Table)]
-    pub format: QueryFormat,
-    #[command(flatten)]
-    pub range: RangeArgs,
-    /// '<search> | <SQL>', e.g. '* | select count(*)'; '-' reads it from stdin.
-    #[arg(value_name = "QUERY", allow_hyphen_values = true)]
-    pub query: String,
-}
-
-/// Output format of `flowlog query`.
-#[cfg(feature = "query")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QueryFormat {
-    Table,
-    Csv,
-    Json,
-}
-
-/// Flags of `flowlog report`.
-#[cfg(feature = "query")]
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct ReportArgs {
-    /// A log file, or a directory of them (its *.json, *.jsonl, *.log); repeatable.
-    #[arg(long = "logs", value_name = "PATH", required = true)]
-    pub logs: Vec<PathBuf>,
-    /// A named block for the CIDR-to-CIDR section, NAME=CIDR; repeatable, first
-    /// match wins [default: the private ranges]
-    #[arg(long = "cidr", value_name = "NAME=CIDR")]
-    pub cidrs: Vec<String>,
-    /// The HTML file to write.
-    #[arg(long, value_name = "FILE", default_value = "report.html")]
-    pub out: PathBuf,
-    #[command(flatten)]
-    pub range: RangeArgs,
+pub struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 /// Raw flags of `flowlog run`; turned into a [`Config`] by [`Config::from_args`].
@@ -773,63 +722,20 @@ vpc_id = ""
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Run(args) => args,
-            #[cfg(feature = "query")]
             other => panic!("not `run`: {other:?}"),
         }
     }
 
-    #[cfg(feature = "query")]
     #[test]
-    fn query_and_report_flags() {
-        let cli = Cli::try_parse_from([
-            "flowlog",
-            "query",
-            "--logs",
-            "a.log",
-            "--logs",
-            "dir",
-            "--format",
-            "json",
-            "--since",
-            "15m",
-            "-- comment\n* | select 1",
-        ])
-        .unwrap();
+    fn query_and_report_pass_everything_through() {
+        let cli =
+            Cli::try_parse_from(["flowlog", "query", "--logs", "a", "--help", "* | x"]).unwrap();
         let Command::Query(q) = cli.command else {
             panic!("not query")
         };
-        assert_eq!(q.logs, [PathBuf::from("a.log"), PathBuf::from("dir")]);
-        assert_eq!(q.format, QueryFormat::Json);
-        assert_eq!(q.range.since.as_deref(), Some("15m"));
-        assert_eq!(q.query, "-- comment\n* | select 1");
-        assert!(Cli::try_parse_from([
-            "flowlog", "query", "--logs", "a", "--since", "1m", "--from", "1", "*"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from(["flowlog", "query", "*"]).is_err());
-
-        let cli = Cli::try_parse_from([
-            "flowlog",
-            "report",
-            "--logs",
-            "d",
-            "--cidr",
-            "a=10.0.0.0/8",
-            "--from",
-            "1",
-            "--to",
-            "2",
-        ])
-        .unwrap();
-        let Command::Report(r) = cli.command else {
-            panic!("not report")
-        };
-        assert_eq!(r.cidrs, ["a=10.0.0.0/8"]);
-        assert_eq!(r.out, PathBuf::from("report.html"));
-        assert_eq!(
-            (r.range.from.as_deref(), r.range.to.as_deref()),
-            (Some("1"), Some("2"))
-        );
+        assert_eq!(q.args, ["--logs", "a", "--help", "* | x"]);
+        let cli = Cli::try_parse_from(["flowlog", "report"]).unwrap();
+        assert!(matches!(cli.command, Command::Report(PassThrough { args }) if args.is_empty()));
     }
 
     fn file(text: &str) -> FileConfig {

@@ -45,63 +45,60 @@ fn main() -> ExitCode {
                 }
             }
         }
-        #[cfg(feature = "query")]
-        Command::Query(args) => query::run(&args),
-        #[cfg(feature = "query")]
-        Command::Report(args) => query::report(&args),
+        Command::Query(args) => analysis::exec("query", &args.args),
+        Command::Report(args) => analysis::exec("report", &args.args),
     }
 }
 
-/// `flowlog query` and `flowlog report`: the work is in `flowlog_query::cli`.
-#[cfg(feature = "query")]
-mod query {
-    use std::process::ExitCode;
-
-    use flowlog_agent::config::{QueryArgs, QueryFormat, RangeArgs, ReportArgs};
-    use flowlog_query::{
-        cli::{QueryCommand, RangeFlags, ReportCommand},
-        OutputFormat, QueryError,
+/// `flowlog query` and `flowlog report` run the `flowlog-query` binary: the SQL engine
+/// (Apache DataFusion) is a separate install so that the agent stays small and quick
+/// to build.
+mod analysis {
+    use std::{
+        env,
+        ffi::OsString,
+        os::unix::process::CommandExt as _,
+        path::PathBuf,
+        process::{Command, ExitCode},
     };
 
-    fn range(r: &RangeArgs) -> RangeFlags {
-        RangeFlags {
-            since: r.since.clone(),
-            from: r.from.clone(),
-            to: r.to.clone(),
-        }
+    /// Name of the analysis binary.
+    pub const BINARY: &str = "flowlog-query";
+    /// The documented install command (README, "Querying the logs").
+    pub const INSTALL: &str = "cargo install --locked --path flowlog-query";
+
+    /// `flowlog-query` next to this executable first (an install or a build tree puts
+    /// both in one directory), then on `PATH`.
+    fn locate() -> Option<PathBuf> {
+        let beside = env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join(BINARY)));
+        let on_path = env::var_os("PATH")
+            .map(|p| {
+                env::split_paths(&p)
+                    .map(|d| d.join(BINARY))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        beside.into_iter().chain(on_path).find(|p| p.is_file())
     }
 
-    fn exit(result: Result<(), QueryError>) -> ExitCode {
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("flowlog: error: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        }
-    }
-
-    pub fn run(args: &QueryArgs) -> ExitCode {
-        let cmd = QueryCommand {
-            logs: args.logs.clone(),
-            format: match args.format {
-                QueryFormat::Table => OutputFormat::Table,
-                QueryFormat::Csv => OutputFormat::Csv,
-                QueryFormat::Json => OutputFormat::Json,
-            },
-            range: range(&args.range),
-            query: args.query.clone(),
+    /// Replace this process with `flowlog-query <sub> <args>` (same stdin, stdout,
+    /// stderr and exit code). Returns only on failure.
+    pub fn exec(sub: &str, args: &[String]) -> ExitCode {
+        let Some(bin) = locate() else {
+            eprintln!(
+                "flowlog: error: `flowlog {sub}` needs the `{BINARY}` binary, which is not \
+                 installed (the SQL engine is kept out of the agent). Install it from the \
+                 flowlog source tree with:\n    {INSTALL}\nor put `{BINARY}` next to `flowlog` \
+                 or on PATH."
+            );
+            return ExitCode::from(flowlog_agent::config::EXIT_USAGE as u8);
         };
-        exit(cmd.run(&mut std::io::stdout().lock()))
-    }
-
-    pub fn report(args: &ReportArgs) -> ExitCode {
-        let cmd = ReportCommand {
-            logs: args.logs.clone(),
-            cidrs: args.cidrs.clone(),
-            out: args.out.clone(),
-            range: range(&args.range),
-        };
-        exit(cmd.run(&mut std::io::stdout().lock()))
+        let mut cmd = Command::new(&bin);
+        cmd.arg(sub).args(args.iter().map(OsString::from));
+        let err = cmd.exec();
+        eprintln!("flowlog: error: running {}: {err}", bin.display());
+        ExitCode::FAILURE
     }
 }

@@ -92,8 +92,17 @@ fn target_dir() -> PathBuf {
 }
 
 fn run(mut args: Vec<String>) -> Result<()> {
+    // The lean agent: no query engine (that is the separate `flowlog-query` binary).
     let mut build = cargo();
-    build.args(["build", "--release", "-p", "flowlog-agent"]);
+    build.args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "flowlog-agent",
+        "--bin",
+        "flowlog",
+    ]);
     status(build)?;
     let bin = target_dir().join("release/flowlog");
     if args.first().is_none_or(|a| a.starts_with('-')) {
@@ -105,25 +114,37 @@ fn run(mut args: Vec<String>) -> Result<()> {
 }
 
 fn test(args: Vec<String>) -> Result<()> {
-    // Tier 1: pure unit tests, unprivileged (default members).
+    // Tier 1: unit tests and the CLI tests of `flowlog` and `flowlog-query`,
+    // unprivileged (default members). This also builds target/debug/flowlog (the
+    // agent's CLI tests need it), so the root tiers reuse it and nothing is built
+    // twice with another feature set.
     let mut unit = cargo();
-    unit.arg("test");
+    unit.args(["test", "--locked"]);
     status(unit)?;
 
-    // Tiers 2 and 3 need the agent binary and root.
-    let mut build = cargo();
-    build.args(["build", "-p", "flowlog-agent"]);
-    status(build)?;
+    // Tiers 2 and 3: kernel (BPF_PROG_TEST_RUN) and network-namespace tests, as root.
+    let bin = target_dir().join("debug/flowlog");
+    if !bin.is_file() {
+        let mut build = cargo();
+        build.args([
+            "build",
+            "--locked",
+            "-p",
+            "flowlog-agent",
+            "--bin",
+            "flowlog",
+        ]);
+        status(build)?;
+    }
     let mut build_tests = cargo();
-    build_tests.args(["test", "-p", "flowlog-tests", "--no-run"]);
+    build_tests.args(["test", "--locked", "-p", "flowlog-tests", "--no-run"]);
     status(build_tests)?;
 
-    let bin = target_dir().join("debug/flowlog");
     let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut root = privileged(Path::new(&cargo_bin));
     root.current_dir(workspace_root())
         .env("FLOWLOG_BIN", &bin)
-        .args(["test", "-p", "flowlog-tests", "--"])
+        .args(["test", "--locked", "-p", "flowlog-tests", "--"])
         .args(&args);
     status(root)
 }
