@@ -28,6 +28,7 @@ command -v chromium >/dev/null || {
 
 echo "== building flowlog and the sample generator" >&2
 cargo build -q -p flowlog-agent --bin flowlog
+cargo build -q -p flowlog-query --bin flowlog-query  # what `flowlog report` runs
 cargo build -q -p flowlog-query --example gen_logs
 
 echo "== sample logs" >&2

@@ -132,6 +132,7 @@ fn reexec_release(args: &BenchArgs) -> Result<()> {
         let mut build = crate::cargo();
         build.args([
             "build",
+            "--locked",
             "--release",
             "-p",
             "flowlog-agent",

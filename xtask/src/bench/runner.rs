@@ -15,7 +15,7 @@ use super::{drain, kernel, report, report::Row, rss, sys, veth, BenchArgs, Scena
 pub fn run(args: BenchArgs) -> Result<()> {
     if !args.no_build {
         let mut build = crate::cargo();
-        build.args(["build", "--release", "-p", "flowlog-agent"]);
+        build.args(["build", "--locked", "--release", "-p", "flowlog-agent"]);
         crate::status(build)?;
     }
     if !crate::is_root() {
