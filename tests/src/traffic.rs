@@ -400,8 +400,18 @@ pub fn ping(ns: &str, dst: IpAddr, count: u16, payload: usize, interval: Duratio
 /// Parses `/proc/net/snmp` of namespace `ns` into `"Proto:Name" -> value`
 /// (e.g. `"Tcp:OutSegs"`).
 pub fn read_snmp(ns: &str) -> BTreeMap<String, i64> {
-    let text =
-        String::from_utf8_lossy(&ns_exec(ns, &["cat", "/proc/net/snmp"]).stdout).into_owned();
+    read_pairs(ns, "/proc/net/snmp")
+}
+
+/// Parses `/proc/net/netstat` (`TcpExt:`, `IpExt:`...) of namespace `ns`, as
+/// [`read_snmp`].
+pub fn read_netstat(ns: &str) -> BTreeMap<String, i64> {
+    read_pairs(ns, "/proc/net/netstat")
+}
+
+/// A file of line pairs `Proto: name name...` / `Proto: value value...`.
+fn read_pairs(ns: &str, file: &str) -> BTreeMap<String, i64> {
+    let text = String::from_utf8_lossy(&ns_exec(ns, &["cat", file]).stdout).into_owned();
     let mut map = BTreeMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
