@@ -153,8 +153,15 @@ impl Packet for Skb<'_> {
         let start = self.0.data();
         let end = self.0.data_end();
         if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= end {
-            // SAFETY: bounds checked against data_end just above.
-            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+            // SAFETY: bounds checked against data_end just above. The read is typed,
+            // not `read_unaligned`: on the BPF target LLVM turns an unaligned read into
+            // one load and one stack store per byte, while the kernel accepts plain
+            // 2/4/8-byte packet loads at any offset where the CPU handles them (no
+            // BPF_F_STRICT_ALIGNMENT), as every C program reading `iph->saddr` does.
+            // Header types below use 2- and 4-byte fields so that fields are loaded
+            // whole; nothing here relies on the address being aligned.
+            #[allow(clippy::cast_ptr_alignment)]
+            return Some(unsafe { core::ptr::read((start + offset) as *const T) });
         }
         self.0.load::<T>(offset).ok()
     }
@@ -497,7 +504,7 @@ extern "C" fn rule_step(i: u32, ctx: *mut c_void) -> i64 {
 /// no IP packet that can be placed in a stream (the reason is counted).
 #[inline(always)]
 fn parse<P: Packet>(pkt: &P, dir: u8) -> Option<Parsed> {
-    let Some(mut proto) = pkt.load::<[u8; 2]>(12).map(be16) else {
+    let Some(mut proto) = pkt.load::<u16>(12).map(u16::from_be) else {
         bump(counter::TRUNCATED_L3);
         return None;
     };
@@ -506,7 +513,7 @@ fn parse<P: Packet>(pkt: &P, dir: u8) -> Option<Parsed> {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD && proto != ETH_P_QINQ_OLD {
             break;
         }
-        let Some(inner) = pkt.load::<[u8; 2]>(off + 2).map(be16) else {
+        let Some(inner) = pkt.load::<u16>(off + 2).map(u16::from_be) else {
             bump(counter::TRUNCATED_L3);
             return None;
         };
@@ -538,31 +545,53 @@ fn parse<P: Packet>(pkt: &P, dir: u8) -> Option<Parsed> {
     }
 }
 
-/// First 20 bytes of an IPv4 header.
+/// First 20 bytes of an IPv4 header. Multi-byte fields are in network order, read as
+/// one load each (see `Skb::load`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ipv4Hdr {
     ver_ihl: u8,
     tos: u8,
-    tot_len: [u8; 2],
-    id: [u8; 2],
-    frag_off: [u8; 2],
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
     ttl: u8,
     protocol: u8,
-    check: [u8; 2],
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+    check: u16,
+    saddr: u32,
+    daddr: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ipv6Hdr {
-    ver_tc_flow: [u8; 4],
-    payload_len: [u8; 2],
+    ver_tc_flow: u32,
+    payload_len: u16,
     next_hdr: u8,
     hop_limit: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+/// The fixed part of a TCP header (ports, sequence numbers, offset and flags).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHdr {
+    ports: u32,
+    seq: u32,
+    ack_seq: u32,
+    off: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urg: u16,
+}
+
+/// Addresses as the flow key stores them (network order bytes).
+#[inline(always)]
+fn addr16(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size, every bit pattern is valid.
+    unsafe { core::mem::transmute(words) }
 }
 
 #[inline(always)]
@@ -577,10 +606,10 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
     }
     key.family = family::IPV4;
     key.protocol = ip.protocol;
-    key.src_addr[..4].copy_from_slice(&ip.saddr);
-    key.dst_addr[..4].copy_from_slice(&ip.daddr);
+    key.src_addr = addr16([ip.saddr, 0, 0, 0]);
+    key.dst_addr = addr16([ip.daddr, 0, 0, 0]);
     let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
-    let tot_len = be16(ip.tot_len) as u64;
+    let tot_len = u16::from_be(ip.tot_len) as u64;
     // Super-packets (GSO/GRO, BIG TCP with tot_len 0) carry their size in the frame
     // length; a single packet's own length field excludes Ethernet padding/trailers.
     let ip_len = if segs > 1 || tot_len == 0 {
@@ -599,12 +628,12 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         bump(counter::MALFORMED);
         return Some(parsed);
     }
-    let frag = be16(ip.frag_off);
+    let frag = u16::from_be(ip.frag_off);
     let frag_offset = frag & 0x1fff;
     let more_frags = frag & 0x2000 != 0;
     let frag_key = FragKey {
         ifindex: parsed.key.ifindex,
-        id: be16(ip.id) as u32,
+        id: u16::from_be(ip.id) as u32,
         src_addr: parsed.key.src_addr,
         dst_addr: parsed.key.dst_addr,
         protocol: ip.protocol,
@@ -632,14 +661,14 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, segs: u32, mut key: FlowKey) -> Op
         bump(counter::TRUNCATED_L3);
         return None;
     };
-    if ip.ver_tc_flow[0] >> 4 != 6 {
+    if (ip.ver_tc_flow as u8) >> 4 != 6 {
         bump(counter::MALFORMED);
         return None;
     }
     key.family = family::IPV6;
-    key.src_addr = ip.saddr;
-    key.dst_addr = ip.daddr;
-    let payload_len = be16(ip.payload_len) as u64;
+    key.src_addr = addr16(ip.saddr);
+    key.dst_addr = addr16(ip.daddr);
+    let payload_len = u16::from_be(ip.payload_len) as u64;
     // A payload length of 0 is an empty packet, except on GSO super-packets (BIG
     // TCP), whose size only the frame tells.
     let ip_len = if segs > 1 {
@@ -750,17 +779,17 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, avail: usize, parsed: &mut Parsed) -
     // One load of the whole fixed header proves the frame holds it.
     let ports = match proto {
         IPPROTO_TCP => {
-            let Some(h) = pkt.load::<[u8; 20]>(off) else {
+            let Some(h) = pkt.load::<TcpHdr>(off) else {
                 bump(counter::TRUNCATED_L4);
                 return 0;
             };
-            // Data offset (high nibble of byte 12) and flags (byte 13).
-            parsed.tcp_flags = h[13];
-            set_ports(parsed, [h[0], h[1], h[2], h[3]]);
-            return ((h[12] >> 4) as u32) * 4;
+            // Data offset: high nibble of byte 12.
+            parsed.tcp_flags = h.flags;
+            set_ports(parsed, h.ports);
+            return ((h.off >> 4) as u32) * 4;
         }
-        IPPROTO_UDP | IPPROTO_UDPLITE => pkt.load::<[u8; 8]>(off).map(|h| [h[0], h[1], h[2], h[3]]),
-        _ => pkt.load::<[u8; 12]>(off).map(|h| [h[0], h[1], h[2], h[3]]),
+        IPPROTO_UDP | IPPROTO_UDPLITE => pkt.load::<[u32; 2]>(off).map(|h| h[0]),
+        _ => pkt.load::<[u32; 3]>(off).map(|h| h[0]),
     };
     let Some(ports) = ports else {
         bump(counter::TRUNCATED_L4);
@@ -770,10 +799,13 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, avail: usize, parsed: &mut Parsed) -
     hdr_len as u32
 }
 
+/// `ports`: the first 4 bytes of the transport header as loaded (source port, then
+/// destination port, network order).
 #[inline(always)]
-fn set_ports(parsed: &mut Parsed, ports: [u8; 4]) {
-    parsed.key.src_port = be16([ports[0], ports[1]]);
-    parsed.key.dst_port = be16([ports[2], ports[3]]);
+fn set_ports(parsed: &mut Parsed, ports: u32) {
+    let b = ports.to_ne_bytes();
+    parsed.key.src_port = be16([b[0], b[1]]);
+    parsed.key.dst_port = be16([b[2], b[3]]);
     parsed.key.flags |= key_flags::PORTS;
 }
 
@@ -823,18 +855,23 @@ enum Recorded {
     FirstSkip,
 }
 
+/// Coarse monotonic time (a few ns, jiffy resolution): records carry seconds.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 #[inline(always)]
 fn record(p: &Parsed) -> Recorded {
     let gen = generation();
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    // Coarse monotonic time (a few ns, jiffy resolution): records carry seconds.
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
     if let Some(s) = flows.get_ptr_mut(&p.key) {
-        add(s, p, now, closed);
+        add(s, p, closed);
         return Recorded::Stream;
     }
+    let now = now_ns();
     let fresh = FlowStats {
         packets: p.packets,
         bytes: p.bytes,
@@ -850,7 +887,7 @@ fn record(p: &Parsed) -> Recorded {
         // Another CPU inserted the stream between our lookup and insert: our slot of
         // that element is zero, add to it.
         Err(EEXIST) => match flows.get_ptr_mut(&p.key) {
-            Some(s) => add(s, p, now, closed),
+            Some(s) => add(s, p, closed),
             None => bump(counter::MAP_ERROR),
         },
         Err(_) => return skip(p, gen),
@@ -858,18 +895,25 @@ fn record(p: &Parsed) -> Recorded {
     Recorded::Stream
 }
 
+/// Adds a packet to this CPU's counters of an existing stream. The clock is read only
+/// where a time is kept: this CPU's first packet of the stream, and packets of a
+/// stream that has seen FIN/RST (its `end` is its last packet); `last_ns` of an open
+/// stream is never read.
 #[inline(always)]
-fn add(s: *mut FlowStats, p: &Parsed, now: u64, closed: u8) {
+fn add(s: *mut FlowStats, p: &Parsed, closed: u8) {
     // SAFETY: `s` is this CPU's slot of a per-CPU hash element; programs on one CPU
     // never run concurrently, and the agent reads this generation only after an RCU
     // grace period that follows the switch away from it.
     let s = unsafe { &mut *s };
     if s.packets == 0 {
+        let now = now_ns();
         s.first_ns = now;
+        s.last_ns = now;
+    } else if (closed | s.closed) != 0 {
+        s.last_ns = now_ns();
     }
     s.packets += p.packets;
     s.bytes += p.bytes;
-    s.last_ns = now;
     s.tcp_flags |= p.tcp_flags;
     s.closed |= closed;
     s.rule_id = p.rule_id;
