@@ -21,7 +21,6 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
     maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
-    util::nr_cpus,
     Ebpf,
 };
 use flowlog_common::{config, counter, names, FlowKey, FlowStats, SkipKey, SkipStats};
@@ -61,8 +60,6 @@ pub enum DrainError {
         #[source]
         source: std::io::Error,
     },
-    #[error("counting possible CPUs: {0}")]
-    Cpus(#[source] std::io::Error),
     #[error(transparent)]
     Rcu(#[from] RcuError),
 }
@@ -72,14 +69,13 @@ pub const BATCH: usize = 8192;
 
 /// Userspace handles on the data-path maps.
 pub struct FlowMaps {
-    flows: [PerCpuHashMap<MapData, FlowKey, FlowStats>; 2],
+    flows: [HashMap<MapData, FlowKey, FlowStats>; 2],
     skipped: [HashMap<MapData, FlowKey, u8>; 2],
     skip_stats: PerCpuHashMap<MapData, SkipKey, SkipStats>,
     config: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     barrier: RcuBarrier,
     active: u32,
-    cpus: usize,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DrainError>
@@ -94,15 +90,9 @@ fn raw_fd<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
     map.map().fd().as_fd().as_raw_fd()
 }
 
-/// Size of one per-CPU slot as the kernel copies it out (8-byte aligned).
-const fn percpu_slot<V>() -> usize {
-    size_of::<V>().div_ceil(8) * 8
-}
-
 impl FlowMaps {
     /// Takes the maps out of a loaded object and makes generation 0 active.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DrainError> {
-        let cpus = nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?;
         let mut maps = Self {
             flows: [take(ebpf, names::FLOWS[0])?, take(ebpf, names::FLOWS[1])?],
             skipped: [
@@ -114,7 +104,6 @@ impl FlowMaps {
             counters: take(ebpf, names::COUNTERS)?,
             barrier: RcuBarrier::new()?,
             active: 0,
-            cpus,
         };
         maps.config
             .set(config::GENERATION, 0, 0)
@@ -136,7 +125,7 @@ impl FlowMaps {
         let cursor = BatchDrain::new(
             raw_fd(&self.flows[g]),
             size_of::<FlowKey>(),
-            percpu_slot::<FlowStats>() * self.cpus,
+            size_of::<FlowStats>(),
             BATCH,
         );
         Ok(GenerationDrain {
@@ -177,7 +166,7 @@ impl FlowMaps {
 /// Everything one generation held: the streams of one window and what was skipped.
 #[derive(Debug, Default)]
 pub struct Drained {
-    /// Streams with counters summed over CPUs.
+    /// Streams with their counters.
     pub flows: Vec<(FlowKey, FlowStats)>,
     /// Skip counters per interface index.
     pub skipped: Vec<(u32, SkipStats)>,
@@ -191,24 +180,20 @@ pub struct GenerationDrain<'a> {
 }
 
 impl GenerationDrain<'_> {
-    /// Appends the next batch of streams (counters summed over CPUs) to `out`, removing
-    /// them from the map. Returns false once the generation is empty.
+    /// Appends the next batch of streams to `out`, removing them from the map. Returns
+    /// false once the generation is empty.
     pub fn next_batch(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<bool, DrainError> {
         let name = names::FLOWS[self.gen as usize];
         let n = self
             .cursor
             .next_batch()
             .map_err(|e| DrainError::Batch { name, source: e })?;
-        let slot = percpu_slot::<FlowStats>();
-        for i in 0..n {
-            let key: FlowKey = read_pod(self.cursor.key(i));
-            let values = self.cursor.value(i);
-            let mut total = FlowStats::default();
-            for cpu in 0..self.maps.cpus {
-                total.merge(&read_pod::<FlowStats>(&values[cpu * slot..]));
-            }
-            out.push((key, total));
-        }
+        out.extend((0..n).map(|i| {
+            (
+                read_pod::<FlowKey>(self.cursor.key(i)),
+                read_pod::<FlowStats>(self.cursor.value(i)),
+            )
+        }));
         Ok(n > 0)
     }
 

@@ -67,8 +67,9 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 
-/// Counters of one stream in one window, kept per CPU by the kernel and summed by
-/// the agent.
+/// Counters of one stream in one window: one entry per stream shared by all CPUs,
+/// `packets`/`bytes` added atomically, `tcp_flags`/`closed` atomically OR'd as the low
+/// bytes of the 8-byte-aligned word at offset 32 (whose upper half is `rule_id`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -76,10 +77,10 @@ pub struct FlowStats {
     pub packets: u64,
     /// IP-layer bytes of those wire packets (no L2 header, padding or FCS).
     pub bytes: u64,
-    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the first packet (0 = none on this
-    /// CPU).
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the first packet.
     pub first_ns: u64,
-    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet.
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet once FIN/RST was
+    /// seen (the record's `end`); for an open stream, the first packet's time.
     pub last_ns: u64,
     /// OR of the TCP flag bytes (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ...).
     pub tcp_flags: u8,

@@ -1,5 +1,9 @@
 //! Program entries, maps and the packet parser. See the crate header for the data path.
-use core::mem::size_of;
+use core::{
+    intrinsics::{atomic_or, atomic_xadd, AtomicOrdering},
+    mem::size_of,
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -26,10 +30,13 @@ use flowlog_common::{
 const FLOWS_MAX: u32 = 65536;
 const SKIPPED_MAX: u32 = 16384;
 
+/// The streams of a window: one shared entry per stream (not one per CPU), counters
+/// added atomically. Memory does not grow with the CPU count, and a drain copies one
+/// value per stream.
 #[map(name = "FLOWS_0")]
-static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(FLOWS_MAX, 0);
+static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MAX, 0);
 #[map(name = "FLOWS_1")]
-static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(FLOWS_MAX, 0);
+static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MAX, 0);
 #[map(name = "SKIPPED_0")]
 static SKIPPED_0: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
 #[map(name = "SKIPPED_1")]
@@ -338,7 +345,11 @@ fn decide(p: &mut Parsed) -> bool {
             return false;
         }
     }
-    let (verdict, rule_id) = match_rules(&p.key, &b, g);
+    let (verdict, rule_id) = if stateful {
+        match_rules(&p.key, &b, g)
+    } else {
+        cached_match(&p.key, &b, g, epoch)
+    };
     p.key.action = verdict;
     p.rule_id = rule_id;
     // Audit: remember rejected connections too, so that their later packets and
@@ -455,6 +466,89 @@ fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
     } else {
         default
     }
+}
+
+/// A verdict of a stateless rule set, remembered per CPU: the rules' answer depends
+/// only on what a slot holds (interface, direction, family, peer address, protocol,
+/// destination port) and on the policy epoch, so a slot of the current epoch with the
+/// same inputs gives the rule walk's answer without the LPM lookup and the walk.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VerdictSlot {
+    peer: [u8; 16],
+    ifindex: u32,
+    /// Policy epoch the verdict was computed in; any reload changes it.
+    epoch: u32,
+    rule_id: u32,
+    dst_port: u16,
+    direction: u8,
+    family: u8,
+    protocol: u8,
+    has_ports: u8,
+    /// 1 once the slot holds a verdict.
+    valid: u8,
+    action: u8,
+}
+
+/// Slots of the per-CPU verdict cache (a power of two); a collision only costs a
+/// rule walk.
+const VERDICT_SLOTS: u32 = 1024;
+
+#[map(name = "VERDICTS")]
+static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(VERDICT_SLOTS, 0);
+
+/// [`match_rules`] through the per-CPU verdict cache (stateless rule sets).
+#[inline(always)]
+fn cached_match(k: &FlowKey, b: &PolicyBinding, g: u32, epoch: u32) -> (u8, u32) {
+    let dir = k.direction;
+    let peer = if dir == direction::IN {
+        k.src_addr
+    } else {
+        k.dst_addr
+    };
+    let has_ports = (k.flags & key_flags::PORTS != 0) as u8;
+    let dst_port = if has_ports != 0 { k.dst_port } else { 0 };
+    // SAFETY: [u8; 16] and [u32; 4] have the same size, every bit pattern is valid.
+    let w: [u32; 4] = unsafe { core::mem::transmute(peer) };
+    let mix = w[0]
+        ^ w[1].rotate_left(7)
+        ^ w[2].rotate_left(13)
+        ^ w[3].rotate_left(19)
+        ^ k.ifindex.wrapping_mul(0x85eb_ca6b)
+        ^ ((dst_port as u32) << 16 | (k.protocol as u32) << 8 | dir as u32);
+    let idx = mix.wrapping_mul(0x9e37_79b1) >> (32 - VERDICT_SLOTS.trailing_zeros());
+    let Some(slot) = VERDICTS.get_ptr_mut(idx) else {
+        return match_rules(k, b, g);
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
+    let slot = unsafe { &mut *slot };
+    if slot.valid != 0
+        && slot.epoch == epoch
+        && slot.ifindex == k.ifindex
+        && slot.peer == peer
+        && slot.dst_port == dst_port
+        && slot.protocol == k.protocol
+        && slot.direction == dir
+        && slot.family == k.family
+        && slot.has_ports == has_ports
+    {
+        return (slot.action, slot.rule_id);
+    }
+    let (action, rule_id) = match_rules(k, b, g);
+    *slot = VerdictSlot {
+        peer,
+        ifindex: k.ifindex,
+        epoch,
+        rule_id,
+        dst_port,
+        direction: dir,
+        family: k.family,
+        protocol: k.protocol,
+        has_ports,
+        valid: 1,
+        action,
+    };
+    (action, rule_id)
 }
 
 /// State of the walk over a rule set's candidate rules.
@@ -884,8 +978,7 @@ fn record(p: &Parsed) -> Recorded {
     };
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        // Another CPU inserted the stream between our lookup and insert: our slot of
-        // that element is zero, add to it.
+        // Another CPU inserted the stream between our lookup and insert: add to it.
         Err(EEXIST) => match flows.get_ptr_mut(&p.key) {
             Some(s) => add(s, p, closed),
             None => bump(counter::MAP_ERROR),
@@ -895,28 +988,38 @@ fn record(p: &Parsed) -> Recorded {
     Recorded::Stream
 }
 
-/// Adds a packet to this CPU's counters of an existing stream. The clock is read only
-/// where a time is kept: this CPU's first packet of the stream, and packets of a
-/// stream that has seen FIN/RST (its `end` is its last packet); `last_ns` of an open
-/// stream is never read.
+/// Adds a packet to an existing stream's shared counters. Packets and bytes are
+/// atomic adds; the flag word (TCP flags | closed << 8) is atomically OR'd only when
+/// the packet brings a new bit, so an established stream's packets write nothing else.
+/// The clock is read only for streams that saw FIN/RST (their `end` is the last
+/// packet); `first_ns` is set when the stream is inserted.
 #[inline(always)]
 fn add(s: *mut FlowStats, p: &Parsed, closed: u8) {
-    // SAFETY: `s` is this CPU's slot of a per-CPU hash element; programs on one CPU
-    // never run concurrently, and the agent reads this generation only after an RCU
-    // grace period that follows the switch away from it.
-    let s = unsafe { &mut *s };
-    if s.packets == 0 {
-        let now = now_ns();
-        s.first_ns = now;
-        s.last_ns = now;
-    } else if (closed | s.closed) != 0 {
-        s.last_ns = now_ns();
+    // SAFETY: `s` points into a live element of a flow map (RCU keeps it valid for
+    // this program run); every concurrent writer uses the atomic operations below, and
+    // the agent reads this generation only after an RCU grace period that follows the
+    // switch away from it. `tcp_flags`, `closed`, `_pad` and `rule_id` form one
+    // 8-byte-aligned u64 at offset 32 (see `FlowStats`).
+    unsafe {
+        // The BPF target has no `AtomicU64::fetch_add`; the intrinsic, its result
+        // unused, is one `lock xadd` instruction.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(addr_of_mut!((*s).packets), p.packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(addr_of_mut!((*s).bytes), p.bytes);
+        // 64-bit: BPF without ALU32 has no 32-bit atomic OR. The word's upper half is
+        // `rule_id`, which the OR leaves as it is.
+        let word = addr_of_mut!((*s).tcp_flags) as *mut u64;
+        let bits = p.tcp_flags as u64 | ((closed as u64) << 8);
+        let cur = read_volatile(word);
+        if cur | bits != cur {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits);
+        }
+        if (cur | bits) & (1 << 8) != 0 {
+            write_volatile(addr_of_mut!((*s).last_ns), now_ns());
+        }
+        if read_volatile(addr_of!((*s).rule_id)) != p.rule_id {
+            write_volatile(addr_of_mut!((*s).rule_id), p.rule_id);
+        }
     }
-    s.packets += p.packets;
-    s.bytes += p.bytes;
-    s.tcp_flags |= p.tcp_flags;
-    s.closed |= closed;
-    s.rule_id = p.rule_id;
 }
 
 /// The flow map is full: count the packet per interface so the window's SKIPDATA

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -204,28 +204,23 @@ impl Progs {
         Ok(())
     }
 
-    /// The generation-0 flow map, summed over CPUs.
+    /// The generation-0 flow map.
     fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
-        let map: PerCpuHashMap<_, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map"))
-                .expect("FLOWS_0 is a per-CPU hash map of FlowKey -> FlowStats");
-        let mut out = Vec::new();
-        for item in map.iter() {
-            let (k, per_cpu) = item.expect("iterating FLOWS_0");
-            let mut total = FlowStats::default();
-            for s in per_cpu.iter() {
-                total.merge(s);
-            }
-            out.push((k, total));
-        }
+        let map: HashMap<_, FlowKey, FlowStats> =
+            HashMap::try_from(self.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map"))
+                .expect("FLOWS_0 is a hash map of FlowKey -> FlowStats");
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|item| item.expect("iterating FLOWS_0"))
+            .collect();
         out.sort_by_key(|(k, _)| *k);
         out
     }
 
     /// The generation-1 flow map must stay empty while generation 0 is active.
     fn assert_inactive_generation_empty(&self) {
-        let map: PerCpuHashMap<_, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(names::FLOWS[1]).expect("FLOWS_1 map"))
+        let map: HashMap<_, FlowKey, FlowStats> =
+            HashMap::try_from(self.ebpf.map(names::FLOWS[1]).expect("FLOWS_1 map"))
                 .expect("FLOWS_1 type");
         assert_eq!(
             map.keys().count(),

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData},
     EbpfLoader,
 };
 use flowlog_agent::{
@@ -84,11 +84,10 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
         .map_max_entries(names::FLOWS[1], max)
         .load(obj)
         .context("loading the eBPF object")?;
-    let ncpu = aya::util::nr_cpus().map_err(|(f, e)| anyhow::anyhow!("{f}: {e}"))?;
     let now_boot = clock(libc::CLOCK_BOOTTIME);
     let t = Instant::now();
     {
-        let mut map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = ebpf
+        let mut map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
             .map_mut(names::FLOWS[0])
             .context("no FLOWS_0")?
             .try_into()?;
@@ -96,8 +95,7 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
             if i.is_multiple_of(10_000) {
                 sys::check_stop()?;
             }
-            let mut v = vec![FlowStats::default(); ncpu];
-            v[i % ncpu] = FlowStats {
+            let v = FlowStats {
                 packets: 10 + (i % 1000) as u64,
                 bytes: 1500 * (10 + (i % 1000) as u64),
                 first_ns: now_boot - 5_000_000_000,
@@ -105,7 +103,7 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
                 tcp_flags: 0x18,
                 ..FlowStats::default()
             };
-            map.insert(key(i), PerCpuValues::try_from(v)?, 0)
+            map.insert(key(i), v, 0)
                 .with_context(|| format!("inserting flow {i} of {n}"))?;
         }
     }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuHashMap},
+    maps::{HashMap, MapData},
     programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions},
     sys::{enable_stats, Stats},
     Ebpf, EbpfLoader,
@@ -68,16 +68,16 @@ fn time_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
     Ok(r.duration.as_nanos() as f64)
 }
 
-/// `rule_id` of every stream in `FLOWS_0` (summed over CPUs: the last CPU's wins).
+/// `rule_id` of every stream in `FLOWS_0`.
 fn flow_rule_ids(ebpf: &mut Ebpf) -> Result<Vec<u32>> {
-    let map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = ebpf
+    let map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
         .map_mut(names::FLOWS[0])
         .context("no FLOWS_0")?
         .try_into()?;
     let mut out = Vec::new();
     for item in map.iter() {
-        let (_, per_cpu) = item?;
-        if let Some(s) = per_cpu.iter().find(|s| s.packets > 0) {
+        let (_, s) = item?;
+        if s.packets > 0 {
             out.push(s.rule_id);
         }
     }
@@ -85,7 +85,7 @@ fn flow_rule_ids(ebpf: &mut Ebpf) -> Result<Vec<u32>> {
 }
 
 fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
-    let mut map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = ebpf
+    let mut map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
         .map_mut(names::FLOWS[0])
         .context("no FLOWS_0")?
         .try_into()?;
