@@ -295,6 +295,8 @@ async fn emit_window(
     w.finish(buf, &skipped);
     out.write_batch(buf).await?;
     out.flush().await?;
+    // The records are out: now empty the drained generation (idle for a window).
+    maps.clear_idle()?;
     Ok(w.records)
 }
 

@@ -1,9 +1,20 @@
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` on hash maps: reads and removes thousands of
-//! entries per system call (aya 0.14 has no batch API). Used only on a map generation
-//! that no program writes any more (see `drain`), so read-and-delete is race-free.
+//! `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_LOOKUP_AND_DELETE_BATCH` on hash maps: reads (and
+//! removes) thousands of entries per system call (aya 0.14 has no batch API). Used
+//! only on a map generation that no program writes any more (see `drain`), so the
+//! reads and deletes are race-free.
 use std::{io, os::fd::RawFd};
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+/// What a batch call does to the entries it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchMode {
+    /// Read them; the map keeps them (cleared later, off the critical path).
+    Read,
+    /// Read and delete them.
+    ReadAndDelete,
+}
 
 /// `union bpf_attr` for the batch commands (the `batch` member, zero-padded).
 #[repr(C)]
@@ -20,9 +31,11 @@ struct BatchAttr {
     _rest: [u64; 8],
 }
 
-/// Cursor over one hash map, handing out its entries in batches while deleting them.
+/// Cursor over one hash map, handing out its entries in batches (and deleting them in
+/// [`BatchMode::ReadAndDelete`]).
 pub struct BatchDrain {
     fd: RawFd,
+    mode: BatchMode,
     key_size: usize,
     /// Bytes of one entry's value as the syscall returns it (per-CPU maps: one
     /// 8-byte-aligned slot per possible CPU).
@@ -40,6 +53,7 @@ impl BatchDrain {
     pub fn new(fd: RawFd, key_size: usize, value_size: usize, batch: usize) -> Self {
         Self {
             fd,
+            mode: BatchMode::ReadAndDelete,
             key_size,
             value_size,
             token: 0,
@@ -50,7 +64,13 @@ impl BatchDrain {
         }
     }
 
-    /// Fetches (and deletes) the next batch. Returns how many entries `keys` and
+    /// Only read the entries: the map keeps them.
+    pub fn read_only(mut self) -> Self {
+        self.mode = BatchMode::Read;
+        self
+    }
+
+    /// Fetches (and, by default, deletes) the next batch. Returns how many entries `keys` and
     /// `values` now hold; 0 once the map is empty.
     pub fn next_batch(&mut self) -> io::Result<usize> {
         if self.done {
@@ -77,7 +97,10 @@ impl BatchDrain {
             let ret = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                    match self.mode {
+                        BatchMode::Read => BPF_MAP_LOOKUP_BATCH,
+                        BatchMode::ReadAndDelete => BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                    },
                     &mut attr as *mut BatchAttr as *mut libc::c_void,
                     size_of::<BatchAttr>() as libc::c_uint,
                 )

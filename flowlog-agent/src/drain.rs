@@ -5,9 +5,12 @@
 //!   programs ──write──▶ FLOWS_<active>          agent
 //!                                               1. CONFIG[GENERATION] = active ^ 1
 //!                                               2. RcuBarrier::synchronize()  (grace period)
-//!                                               3. read + delete FLOWS_<old> in batches
-//!                                                  (BPF_MAP_LOOKUP_AND_DELETE_BATCH),
-//!                                                  SKIPPED_<old>, SKIP_STATS{gen = old}
+//!                                               3. read FLOWS_<old> in batches
+//!                                                  (BPF_MAP_LOOKUP_BATCH), render, write;
+//!                                                  read + delete SKIPPED_<old>,
+//!                                                  SKIP_STATS{gen = old}
+//!                                               4. after the records are out: clear
+//!                                                  FLOWS_<old> (LOOKUP_AND_DELETE_BATCH)
 //! ```
 //!
 //! Why this is exact: a program reads the generation once, at its start, and the
@@ -17,10 +20,15 @@
 //! nothing writes the old maps and step 3 reads final values; an increment lands in
 //! exactly one generation and is drained exactly once. (A packet that raced the
 //! switch is reported in the window that ends at this boundary.)
+//!
+//! Step 4 is off the boundary's critical path: deleting a million entries costs about
+//! as much as reading them, and the old generation is idle for a whole window. A
+//! generation that is still uncleared when it is about to become active again (the
+//! agent skipped step 4) is cleared first, so programs never add to stale entries.
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use flowlog_common::{config, counter, names, FlowKey, FlowStats, SkipKey, SkipStats};
@@ -71,11 +79,13 @@ pub const BATCH: usize = 8192;
 pub struct FlowMaps {
     flows: [HashMap<MapData, FlowKey, FlowStats>; 2],
     skipped: [HashMap<MapData, FlowKey, u8>; 2],
-    skip_stats: PerCpuHashMap<MapData, SkipKey, SkipStats>,
+    skip_stats: HashMap<MapData, SkipKey, SkipStats>,
     config: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     barrier: RcuBarrier,
     active: u32,
+    /// Generations read but not yet cleared (step 4).
+    dirty: [bool; 2],
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DrainError>
@@ -104,6 +114,7 @@ impl FlowMaps {
             counters: take(ebpf, names::COUNTERS)?,
             barrier: RcuBarrier::new()?,
             active: 0,
+            dirty: [false; 2],
         };
         maps.config
             .set(config::GENERATION, 0, 0)
@@ -116,6 +127,9 @@ impl FlowMaps {
     pub fn switch(&mut self) -> Result<GenerationDrain<'_>, DrainError> {
         let old = self.active;
         let new = old ^ 1;
+        if self.dirty[new as usize] {
+            self.clear(new)?;
+        }
         self.config
             .set(config::GENERATION, new, 0)
             .map_err(DrainError::Switch)?;
@@ -127,7 +141,9 @@ impl FlowMaps {
             size_of::<FlowKey>(),
             size_of::<FlowStats>(),
             BATCH,
-        );
+        )
+        .read_only();
+        self.dirty[g] = true;
         Ok(GenerationDrain {
             maps: self,
             gen: old,
@@ -142,7 +158,35 @@ impl FlowMaps {
         let mut out = Drained::default();
         while g.next_batch(&mut out.flows)? {}
         out.skipped = g.finish()?;
+        self.clear_idle()?;
         Ok(out)
+    }
+
+    /// Step 4: empties the generation drained last (call once its records are out).
+    pub fn clear_idle(&mut self) -> Result<(), DrainError> {
+        let idle = self.active ^ 1;
+        if self.dirty[idle as usize] {
+            self.clear(idle)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, gen: u32) -> Result<(), DrainError> {
+        let g = gen as usize;
+        let name = names::FLOWS[g];
+        let mut cursor = BatchDrain::new(
+            raw_fd(&self.flows[g]),
+            size_of::<FlowKey>(),
+            size_of::<FlowStats>(),
+            BATCH,
+        );
+        while cursor
+            .next_batch()
+            .map_err(|e| DrainError::Batch { name, source: e })?
+            > 0
+        {}
+        self.dirty[g] = false;
+        Ok(())
     }
 
     /// Totals of the data path's event counters since load, indexed by
@@ -180,8 +224,8 @@ pub struct GenerationDrain<'a> {
 }
 
 impl GenerationDrain<'_> {
-    /// Appends the next batch of streams to `out`, removing them from the map. Returns
-    /// false once the generation is empty.
+    /// Appends the next batch of streams to `out` (the map keeps them until
+    /// [`FlowMaps::clear_idle`]). Returns false once every stream was read.
     pub fn next_batch(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<bool, DrainError> {
         let name = names::FLOWS[self.gen as usize];
         let n = self
@@ -213,18 +257,14 @@ impl GenerationDrain<'_> {
         let mut out = Vec::new();
         let mut stale = Vec::new();
         for item in maps.skip_stats.iter() {
-            let (key, per_cpu) = item.map_err(|source| DrainError::Read {
+            let (key, stats) = item.map_err(|source| DrainError::Read {
                 name: names::SKIP_STATS,
                 source,
             })?;
             if key.generation != self.gen {
                 continue;
             }
-            let mut total = SkipStats::default();
-            for v in per_cpu.iter() {
-                total.merge(v);
-            }
-            out.push((key.ifindex, total));
+            out.push((key.ifindex, stats));
             stale.push(key);
         }
         for key in &stale {

@@ -80,11 +80,25 @@ pub fn load(cfg: &Config) -> Result<Ebpf, LoadError> {
         return Err(LoadError::NotBuilt);
     }
     let skipped = skipped_set_size(cfg.max_flows);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::FLOWS[0], cfg.max_flows)
         .map_max_entries(names::FLOWS[1], cfg.max_flows)
         .map_max_entries(names::SKIPPED_STREAMS[0], skipped)
-        .map_max_entries(names::SKIPPED_STREAMS[1], skipped)
+        .map_max_entries(names::SKIPPED_STREAMS[1], skipped);
+    if cfg.policy.is_none() {
+        // No policy file: nothing can ever be installed (SIGHUP reloads the file given
+        // at start), so the policy maps and the conntrack table (8 MiB) get one entry.
+        for name in names::POLICY_BINDINGS
+            .into_iter()
+            .chain(names::POLICY_CIDRS)
+            .chain(names::POLICY_RULES)
+            .chain([names::CONNTRACK])
+        {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    let mut ebpf = loader
         .load(object)
         .map_err(|e| LoadError::Object(Box::new(e)))?;
     for name in [names::TC_INGRESS, names::TC_EGRESS] {

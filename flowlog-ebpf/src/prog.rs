@@ -13,9 +13,7 @@ use aya_ebpf::{
         generated::{bpf_loop, bpf_xdp_load_bytes},
     },
     macros::{classifier, map, xdp},
-    maps::{
-        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
-    },
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
@@ -41,8 +39,9 @@ static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MA
 static SKIPPED_0: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
 #[map(name = "SKIPPED_1")]
 static SKIPPED_1: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
+/// Skip counters per (interface, generation): shared entries, atomic adds.
 #[map(name = "SKIP_STATS")]
-static SKIP_STATS: PerCpuHashMap<SkipKey, SkipStats> = PerCpuHashMap::with_max_entries(4096, 0);
+static SKIP_STATS: HashMap<SkipKey, SkipStats> = HashMap::with_max_entries(4096, 0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<u32> = Array::with_max_entries(flowlog_common::config::COUNT, 0);
 #[map(name = "COUNTERS")]
@@ -1038,12 +1037,27 @@ fn skip(p: &Parsed, gen: u32) -> Recorded {
         generation: gen,
     };
     let add_to = |s: *mut SkipStats| {
-        // SAFETY: this CPU's slot of a per-CPU element, as in `add`.
-        let s = unsafe { &mut *s };
-        s.streams += new_stream;
-        s.packets += p.packets;
-        s.bytes += p.bytes;
-        s.uncounted_stream_packets += uncounted;
+        // SAFETY: a live element of SKIP_STATS (RCU keeps it valid for this run); every
+        // writer adds atomically.
+        unsafe {
+            if new_stream != 0 {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    addr_of_mut!((*s).streams),
+                    new_stream,
+                );
+            }
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                addr_of_mut!((*s).packets),
+                p.packets,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(addr_of_mut!((*s).bytes), p.bytes);
+            if uncounted != 0 {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    addr_of_mut!((*s).uncounted_stream_packets),
+                    uncounted,
+                );
+            }
+        }
     };
     if let Some(s) = SKIP_STATS.get_ptr_mut(&sk) {
         add_to(s);
