@@ -6,16 +6,21 @@
 //!  ──frame──▶ [XDP flowlog_xdp_ingress] ─▶ [TC ingress flowlog_tc_ingress] ─▶ ...
 //!  ◀─frame─── [TC egress flowlog_tc_egress] ◀──────────────────────────────── ...
 //!                        │ parse: Ethernet ▸ 802.1Q/802.1ad ▸ IPv4/IPv6 (+ext hdrs) ▸ L4 ports
+//!                        │ policy: binding ▸ verdict cache / LPM + rule walk / conntrack
 //!                        ▼
-//!  CONFIG[GENERATION] ─▶ FLOWS_<gen>  per-CPU hash  FlowKey ─▶ FlowStats
+//!  CONFIG[GENERATION] ─▶ FLOWS_<gen>  shared hash, atomic adds  FlowKey ─▶ FlowStats
 //!                        │  full? ─▶ SKIPPED_<gen> (distinct skipped streams)
 //!                        │          SKIP_STATS {ifindex, gen} (skipped packets/bytes)
 //!  FRAGS (LRU): ports of first fragments, for the later fragments of a datagram
 //!  COUNTERS (per-CPU): parse errors and map events, never a per-packet log
 //! ```
 //!
-//! The programs only observe: every path returns `TC_ACT_UNSPEC` (continue with the
-//! next program / default action) or `XDP_PASS`, whatever the packet looks like.
+//! Modules: [`prog`] (entries, `CONFIG`, `COUNTERS`), [`parse`], [`policy`],
+//! [`flows`].
+//!
+//! The programs observe: every path returns `TC_ACT_UNSPEC` (continue with the next
+//! program / default action) or `XDP_PASS`, whatever the packet looks like, except a
+//! packet that an enforcing rule set rejects (`TC_ACT_SHOT` / `XDP_DROP`).
 //!
 //! Window switch: the agent flips `CONFIG[GENERATION]` and then waits for an RCU grace
 //! period. A program reads the generation once, at its start, and runs entirely inside
@@ -30,6 +35,12 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod flows;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod policy;
 #[cfg(target_arch = "bpf")]
 mod prog;
 
