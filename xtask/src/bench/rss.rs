@@ -6,6 +6,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
+use flowlog_agent::{config::DEFAULT_MAX_FLOWS, loader::skipped_set_size};
 use serde_json::json;
 
 use super::{
@@ -28,6 +29,22 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Largest `records=N` of the agent's "window emitted" debug lines so far, and
 /// how many such lines there were.
+/// Bytes the flow maps grow by from `--max-flows from` to `to` (kernel 6.x, preallocated
+/// `BPF_MAP_TYPE_HASH`): per element `struct htab_elem` (48) + key + value rounded to
+/// 8, per bucket 16, buckets = next power of two of the entries. Two generations each
+/// of FLOWS (key 48, value 40) and SKIPPED (key 48, value 1 -> 8).
+pub fn formula_delta(from: u32, to: u32) -> f64 {
+    let htab = |n: u32, key: u64, value: u64| {
+        (48 + key.div_ceil(8) * 8 + value.div_ceil(8) * 8) * u64::from(n)
+            + 16 * u64::from(n.next_power_of_two())
+    };
+    let all = |f: u32| {
+        let s = skipped_set_size(f);
+        2 * htab(f, 48, 40) + 2 * htab(s, 48, 1)
+    };
+    all(to) as f64 - all(from) as f64
+}
+
 fn windows_emitted(p: &Proc) -> (usize, usize) {
     let mut count = 0;
     let mut max = 0;
@@ -171,7 +188,21 @@ pub fn run(
                 "MiB (defaults: --max-flows 65536)",
             )
             .note(format!(
-                "sum of memlock over the agent's {maps} BPF maps (/proc/PID/fdinfo) at --max-flows {max_flows}; preallocated, so independent of the traffic"
+                "sum of memlock over the agent's {maps} BPF maps (/proc/PID/fdinfo, what `bpftool map show` prints) at --max-flows {max_flows}; preallocated, so independent of the traffic"
+            )),
+        );
+        let predicted = idle_memlock as f64 + formula_delta(DEFAULT_MAX_FLOWS, max_flows);
+        rows.push(
+            Row::new(
+                &format!("kernel_map_memory_formula_{label}"),
+                memlock as f64 / predicted,
+                "x",
+                predicted / MIB,
+                "MiB predicted",
+            )
+            .note(format!(
+                "measured memlock / the README's formula at --max-flows {max_flows}: the defaults' measured {:.2} MiB plus 2 x (136 x dF + 16 x dP(F)) + 2 x (104 x dS + 16 x dP(S)) bytes for the two flow-table generations and skipped-stream sets (S = max(F/4, 1024), P = next power of two); 1.000 = the formula is exact",
+                idle_memlock as f64 / MIB
             )),
         );
     }
