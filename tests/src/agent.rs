@@ -47,9 +47,16 @@ pub fn agent_bin() -> PathBuf {
 }
 
 fn agent_command(ns: &str, args: &[&str]) -> Command {
+    wrapped_command(ns, &[], args)
+}
+
+/// `ip netns exec NS WRAPPER... flowlog ARGS` (a wrapper such as `setpriv ...` that
+/// execs its last arguments).
+fn wrapped_command(ns: &str, wrapper: &[&str], args: &[&str]) -> Command {
     let bin = agent_bin();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
+        .args(wrapper)
         .arg(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -84,8 +91,25 @@ impl Agent {
     /// Spawns `flowlog <args>` in namespace `ns` (`ip netns exec` execs the binary, so
     /// the child's pid is the agent's).
     pub fn spawn(ns: &str, args: &[&str]) -> Agent {
-        let desc = format!("flowlog {} (netns {ns})", args.join(" "));
-        let mut child = agent_command(ns, args)
+        Agent::spawn_wrapped(ns, &[], args)
+    }
+
+    /// Spawns `WRAPPER... flowlog <args>` in `ns` and waits until it is collecting.
+    pub fn start_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Agent {
+        let mut a = Agent::spawn_wrapped(ns, wrapper, args);
+        a.wait_ready();
+        a
+    }
+
+    /// As [`Agent::spawn`], through a wrapper that execs the agent (so the pid stays
+    /// the agent's).
+    pub fn spawn_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Agent {
+        let desc = format!(
+            "{} flowlog {} (netns {ns})",
+            wrapper.join(" "),
+            args.join(" ")
+        );
+        let mut child = wrapped_command(ns, wrapper, args)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -294,8 +318,17 @@ impl Exited {
 /// Runs `flowlog <args>` in `ns` and waits for it to exit on its own (panics after
 /// [`agent_timeout`], killing it).
 pub fn run_to_exit(ns: &str, args: &[&str]) -> Exited {
-    let desc = format!("flowlog {} (netns {ns})", args.join(" "));
-    let mut child = agent_command(ns, args)
+    run_to_exit_wrapped(ns, &[], args)
+}
+
+/// [`run_to_exit`] through a wrapper that execs the agent.
+pub fn run_to_exit_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Exited {
+    let desc = format!(
+        "{} flowlog {} (netns {ns})",
+        wrapper.join(" "),
+        args.join(" ")
+    );
+    let mut child = wrapped_command(ns, wrapper, args)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
     let mut stdout = child.stdout.take().expect("piped stdout");

@@ -195,13 +195,13 @@ pub fn run(
         rows.push(
             Row::new(
                 &format!("kernel_map_memory_formula_{label}"),
-                memlock as f64 / predicted,
-                "x",
+                memlock as f64 / MIB,
+                "MiB",
                 predicted / MIB,
-                "MiB predicted",
+                "MiB (the README's formula)",
             )
             .note(format!(
-                "measured memlock / the README's formula at --max-flows {max_flows}: the defaults' measured {:.2} MiB plus 2 x (136 x dF + 16 x dP(F)) + 2 x (104 x dS + 16 x dP(S)) bytes for the two flow-table generations and skipped-stream sets (S = max(F/4, 1024), P = next power of two); 1.000 = the formula is exact",
+                "measured memlock (ratio: measured / predicted) against the README's formula at --max-flows {max_flows}: the defaults' measured {:.2} MiB plus 2 x (136 x dF + 16 x dP(F)) + 2 x (104 x dS + 16 x dP(S)) bytes for the two flow-table generations and skipped-stream sets (S = max(F/4, 1024), P = next power of two); ratio 1.000 = the formula is exact",
                 idle_memlock as f64 / MIB
             )),
         );
