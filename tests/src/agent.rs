@@ -47,13 +47,27 @@ pub fn agent_bin() -> PathBuf {
 }
 
 fn agent_command(ns: &str, args: &[&str]) -> Command {
-    wrapped_command(ns, &[], args)
+    wrapped_command(ns, &Wrapped::none(), args)
 }
 
-/// `ip netns exec NS WRAPPER... flowlog ARGS` (a wrapper such as `setpriv ...` that
-/// execs its last arguments).
-fn wrapped_command(ns: &str, wrapper: &[&str], args: &[&str]) -> Command {
-    let bin = agent_bin();
+/// How to run the agent: a wrapper that execs its last arguments (such as
+/// `setpriv ...`) and the binary (default [`agent_bin`]).
+#[derive(Clone, Debug, Default)]
+pub struct Wrapped {
+    pub wrapper: Vec<String>,
+    pub bin: Option<PathBuf>,
+}
+
+impl Wrapped {
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// `ip netns exec NS WRAPPER... BIN ARGS`.
+fn wrapped_command(ns: &str, w: &Wrapped, args: &[&str]) -> Command {
+    let bin = w.bin.clone().unwrap_or_else(agent_bin);
+    let wrapper = &w.wrapper;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
         .args(wrapper)
@@ -91,25 +105,25 @@ impl Agent {
     /// Spawns `flowlog <args>` in namespace `ns` (`ip netns exec` execs the binary, so
     /// the child's pid is the agent's).
     pub fn spawn(ns: &str, args: &[&str]) -> Agent {
-        Agent::spawn_wrapped(ns, &[], args)
+        Agent::spawn_wrapped(ns, &Wrapped::none(), args)
     }
 
     /// Spawns `WRAPPER... flowlog <args>` in `ns` and waits until it is collecting.
-    pub fn start_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Agent {
-        let mut a = Agent::spawn_wrapped(ns, wrapper, args);
+    pub fn start_wrapped(ns: &str, w: &Wrapped, args: &[&str]) -> Agent {
+        let mut a = Agent::spawn_wrapped(ns, w, args);
         a.wait_ready();
         a
     }
 
     /// As [`Agent::spawn`], through a wrapper that execs the agent (so the pid stays
     /// the agent's).
-    pub fn spawn_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Agent {
+    pub fn spawn_wrapped(ns: &str, w: &Wrapped, args: &[&str]) -> Agent {
         let desc = format!(
             "{} flowlog {} (netns {ns})",
-            wrapper.join(" "),
+            w.wrapper.join(" "),
             args.join(" ")
         );
-        let mut child = wrapped_command(ns, wrapper, args)
+        let mut child = wrapped_command(ns, w, args)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -318,17 +332,17 @@ impl Exited {
 /// Runs `flowlog <args>` in `ns` and waits for it to exit on its own (panics after
 /// [`agent_timeout`], killing it).
 pub fn run_to_exit(ns: &str, args: &[&str]) -> Exited {
-    run_to_exit_wrapped(ns, &[], args)
+    run_to_exit_wrapped(ns, &Wrapped::none(), args)
 }
 
 /// [`run_to_exit`] through a wrapper that execs the agent.
-pub fn run_to_exit_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Exited {
+pub fn run_to_exit_wrapped(ns: &str, w: &Wrapped, args: &[&str]) -> Exited {
     let desc = format!(
         "{} flowlog {} (netns {ns})",
-        wrapper.join(" "),
+        w.wrapper.join(" "),
         args.join(" ")
     );
-    let mut child = wrapped_command(ns, wrapper, args)
+    let mut child = wrapped_command(ns, w, args)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
     let mut stdout = child.stdout.take().expect("piped stdout");
