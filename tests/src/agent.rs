@@ -56,6 +56,11 @@ fn agent_command(ns: &str, args: &[&str]) -> Command {
 pub struct Wrapped {
     pub wrapper: Vec<String>,
     pub bin: Option<PathBuf>,
+    /// The wrapper starts the agent itself (a container image whose entry point is
+    /// `flowlog`): only the arguments follow it, and the wrapper runs outside the
+    /// namespace (`ip netns exec` gives it a mount namespace without cgroups; a
+    /// container runtime joins the namespace by path itself).
+    pub no_bin: bool,
 }
 
 impl Wrapped {
@@ -66,13 +71,19 @@ impl Wrapped {
 
 /// `ip netns exec NS WRAPPER... BIN ARGS`.
 fn wrapped_command(ns: &str, w: &Wrapped, args: &[&str]) -> Command {
-    let bin = w.bin.clone().unwrap_or_else(agent_bin);
-    let wrapper = &w.wrapper;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns])
-        .args(wrapper)
-        .arg(bin)
-        .args(args)
+    let mut cmd = if w.no_bin {
+        let (program, rest) = w.wrapper.split_first().expect("a wrapper to run");
+        let mut c = Command::new(program);
+        c.args(rest);
+        c
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .args(&w.wrapper)
+            .arg(w.bin.clone().unwrap_or_else(agent_bin));
+        c
+    };
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

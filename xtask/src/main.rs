@@ -4,6 +4,7 @@
 //!   object) and run it, through `sudo` when not root.
 //! - `cargo xtask test`: unit tests (unprivileged), then the kernel and namespace
 //!   integration tests as root.
+//! - `cargo xtask image`: the container image (podman), and its size.
 mod bench;
 
 use std::{
@@ -36,6 +37,13 @@ enum Task {
         /// Extra arguments for the root test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the agent's container image (release, from scratch: the binary and the
+    /// libraries it loads) with podman and print its size.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("localhost/flowlog:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
     },
     /// Benchmarks (root): kernel cost per packet, veth throughput vs. softflowd, drain
     /// time and agent memory; writes target/bench/summary.json.
@@ -149,11 +157,50 @@ fn test(args: Vec<String>) -> Result<()> {
     status(root)
 }
 
+fn image(tag: &str) -> Result<()> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "flowlog-agent",
+        "--bin",
+        "flowlog",
+    ]);
+    status(build)?;
+    let bin = target_dir().join("release/flowlog");
+    let script = workspace_root().join("deploy/image/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&bin)
+        .arg(tag)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let size: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no image size in the output of build.sh: {text}"))?;
+    println!("{tag}: {:.1} MB ({size} bytes)", size as f64 / 1e6);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
+        Task::Image { tag } => image(&tag),
         Task::Bench(args) => bench::run(args),
     };
     match res {
