@@ -15,6 +15,7 @@
 //! are dropped (detaching every program) and the process exits 0.
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,7 @@ use crate::{
     config::{check_policy_interfaces, Config, InterfaceConfig, TransferType},
     drain::{DrainError, Drained, FlowMaps},
     loader::{self, LoadError},
+    metrics::{Metrics, MetricsError, SinkLabels},
     policy::{ApplyError, Policy, PolicyMaps},
     privilege::{self, PrivilegeError},
     record::{Record, RecordFormat},
@@ -55,6 +57,8 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
     #[error("reading the clock: {0}")]
     Clock(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 impl From<LoadError> for AgentError {
@@ -97,6 +101,10 @@ fn mono_to_unix_offset() -> Result<i128, AgentError> {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = cfg.metrics_address {
+        crate::metrics::serve(addr, Arc::clone(&metrics)).await?;
+    }
     let mut ebpf = loader::load(&cfg)?;
     spawn_kernel_logs(&mut ebpf);
     let mut policy_maps = PolicyMaps::take(&mut ebpf)?;
@@ -114,6 +122,19 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     for (iface, hooks) in &attachments.hooks {
         info!(interface = %iface, hooks = %hooks, "attached");
     }
+    metrics
+        .attached_interfaces
+        .set(attachments.hooks.len() as i64);
+    metrics.active_flow_logs.set(1);
+    metrics.flow_map_capacity.set(i64::from(cfg.max_flows));
+    let sink_label = SinkLabels {
+        sink: if out.describe() == "stdout" {
+            "stdout".into()
+        } else {
+            "file".into()
+        },
+    };
+    metrics.set_ready(cfg.window);
     info!(
         window = %window::format_window(cfg.window),
         interfaces = cfg.interfaces.len(),
@@ -138,6 +159,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             }
         };
         let win_end = if stop { unix_now_ns()? } else { boundary };
+        let drain_start = Instant::now();
         let emitted = emit_window(
             &mut maps,
             &mut *out,
@@ -146,11 +168,40 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             win_start / 1_000_000_000,
             win_end / 1_000_000_000,
         )
-        .await?;
-        debug!(records = emitted, "window emitted");
+        .await;
+        let emitted = match emitted {
+            Ok(w) => w,
+            Err(e) => {
+                if matches!(e, AgentError::Sink(_)) {
+                    metrics.sink_errors.get_or_create(&sink_label).inc();
+                }
+                return Err(e);
+            }
+        };
+        metrics
+            .drain_seconds
+            .observe(drain_start.elapsed().as_secs_f64());
+        metrics
+            .records
+            .get_or_create(&sink_label)
+            .inc_by(emitted.records as u64);
+        metrics
+            .record_bytes
+            .get_or_create(&sink_label)
+            .inc_by(emitted.bytes);
+        metrics.window_streams.set(emitted.streams as i64);
+        metrics
+            .flow_map_fill
+            .set(emitted.streams as f64 / f64::from(cfg.max_flows));
+        metrics.skipped_streams.inc_by(emitted.skipped.streams);
+        metrics.skipped_packets.inc_by(emitted.skipped.packets);
+        metrics.skipped_bytes.inc_by(emitted.skipped.bytes);
+        metrics.window_done();
+        debug!(records = emitted.records, "window emitted");
 
         let counters = maps.counters()?;
         report_counters(&last_counters, &counters);
+        metrics.add_datapath(&last_counters, &counters);
         last_counters = counters;
 
         if stop {
@@ -265,6 +316,19 @@ const FLUSH_BYTES: usize = 1 << 20;
 
 /// Drains the active generation and writes its records to `out` as they are read,
 /// so memory stays bounded by one batch whatever the number of streams.
+/// What one window put out.
+#[derive(Debug, Default)]
+pub struct Emitted {
+    /// Records written (OK, SKIPDATA, NODATA).
+    pub records: usize,
+    /// Bytes of those records.
+    pub bytes: u64,
+    /// Streams drained from the flow map (before the transfer-type filter).
+    pub streams: usize,
+    /// Skip counters summed over interfaces.
+    pub skipped: SkipStats,
+}
+
 async fn emit_window(
     maps: &mut FlowMaps,
     out: &mut dyn Sink,
@@ -272,19 +336,22 @@ async fn emit_window(
     cfg: &Config,
     start_s: u64,
     end_s: u64,
-) -> Result<usize, AgentError> {
+) -> Result<Emitted, AgentError> {
     let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, mono_to_unix_offset()?)
         .with_filter(cfg.transfer_type)
         .with_format(cfg.record_format);
     let mut drain = maps.switch()?;
     let mut batch = Vec::with_capacity(crate::drain::BATCH);
+    let mut emitted = Emitted::default();
     buf.clear();
     loop {
         batch.clear();
         let more = drain.next_batch(&mut batch)?;
+        emitted.streams += batch.len();
         w.flows(buf, &batch);
         if buf.len() >= FLUSH_BYTES {
             out.write_batch(buf).await?;
+            emitted.bytes += buf.len() as u64;
             buf.clear();
         }
         if !more {
@@ -292,12 +359,17 @@ async fn emit_window(
         }
     }
     let skipped = drain.finish()?;
+    for (_, s) in &skipped {
+        emitted.skipped.merge(s);
+    }
     w.finish(buf, &skipped);
     out.write_batch(buf).await?;
+    emitted.bytes += buf.len() as u64;
     out.flush().await?;
     // The records are out: now empty the drained generation (idle for a window).
     maps.clear_idle()?;
-    Ok(w.records)
+    emitted.records = w.records;
+    Ok(emitted)
 }
 
 /// Renders one window's records: an OK record per stream, a SKIPDATA record per

@@ -23,6 +23,7 @@
 //! policy = "policy.toml" # security policy (rule sets), reloaded on SIGHUP
 //! transfer_type = "all"  # all | allow (ACCEPT records only) | reject (REJECT only)
 //! record_format = "base" # base | extended (adds rule-id)
+//! metrics_address = ":9464" # /metrics, /healthz, /readyz on 127.0.0.1:9464 (default off)
 //! [metadata]
 //! account_id = "1210123456"
 //! vm_id = "i-1"
@@ -39,6 +40,7 @@
 
 use std::{
     fmt,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -149,6 +151,10 @@ pub struct RunArgs {
     /// Record fields: base (the contract's) or extended (adds rule-id) [default: base]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub record_format: Option<RecordFormat>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT; ":PORT" is
+    /// loopback (127.0.0.1:PORT) [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<String>,
 }
 
 /// The contract's data transfer type: which verdicts are recorded.
@@ -237,6 +243,7 @@ pub struct FileConfig {
     pub policy: Option<PathBuf>,
     pub transfer_type: Option<TransferType>,
     pub record_format: Option<RecordFormat>,
+    pub metrics_address: Option<String>,
     #[serde(default)]
     pub metadata: FileMetadata,
     #[serde(default)]
@@ -280,6 +287,8 @@ pub struct Config {
     pub policy: Option<(PathBuf, Policy)>,
     pub transfer_type: TransferType,
     pub record_format: RecordFormat,
+    /// Where /metrics, /healthz and /readyz are served (off when `None`).
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// One interface to capture on.
@@ -320,6 +329,8 @@ pub enum ConfigError {
     MaxFlows { field: &'static str, value: u64 },
     #[error("{field}: output is empty: use \"-\" for stdout or a file path")]
     EmptyOutput { field: &'static str },
+    #[error("{field}: {value:?} is not an address: use HOST:PORT (127.0.0.1:9464, [::1]:9464) or :PORT for loopback")]
+    MetricsAddress { field: &'static str, value: String },
     #[error("no interface given: pass --interface IF or list [[interfaces]] in the config file")]
     NoInterface,
     #[error("{field}: interface name is empty")]
@@ -570,6 +581,12 @@ impl Config {
             None => None,
         };
 
+        let metrics_address = match (&args.metrics_address, &file.metrics_address) {
+            (Some(v), _) => Some(parse_metrics_address("--metrics-address", v)?),
+            (None, Some(v)) => Some(parse_metrics_address("metrics_address", v)?),
+            (None, None) => None,
+        };
+
         Ok(Config {
             interfaces,
             window,
@@ -586,8 +603,22 @@ impl Config {
                 .record_format
                 .or(file.record_format)
                 .unwrap_or_default(),
+            metrics_address,
         })
     }
+}
+
+/// `HOST:PORT`, or `:PORT` for loopback.
+fn parse_metrics_address(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.trim();
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => text.to_string(),
+    };
+    full.parse().map_err(|_| ConfigError::MetricsAddress {
+        field,
+        value: value.to_string(),
+    })
 }
 
 /// Every interface a rule set names must be one the agent captures on.

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod config;
 pub mod drain;
 pub mod loader;
+pub mod metrics;
 pub mod policy;
 pub mod privilege;
 pub mod rcu;

@@ -46,10 +46,6 @@ pub fn agent_bin() -> PathBuf {
     path
 }
 
-fn agent_command(ns: &str, args: &[&str]) -> Command {
-    wrapped_command(ns, &Wrapped::none(), args)
-}
-
 /// How to run the agent: a wrapper that execs its last arguments (such as
 /// `setpriv ...`) and the binary (default [`agent_bin`]).
 #[derive(Clone, Debug, Default)]

@@ -103,6 +103,7 @@ fn setpriv(caps: &[String], bin: &Path) -> Wrapped {
             "--no-new-privs".into(),
         ],
         bin: Some(bin.to_path_buf()),
+        no_bin: false,
     }
 }
 

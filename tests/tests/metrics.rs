@@ -1,0 +1,197 @@
+//! `--metrics-address`: /readyz, /healthz and /metrics of a running agent, the
+//! exposition parsed by the Python `prometheus_client` OpenMetrics parser (a real
+//! Prometheus parser, not ours), values checked against what the agent printed and
+//! what was sent.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use flowlog_tests::{
+    require_root,
+    traffic::{udp_send, v4, UdpSink},
+    with_netns, Agent, Filter, Netns, Record, VethPair,
+};
+
+const PORT: u16 = 19464;
+
+/// `GET path` on the agent's listener inside `ns`: (status, body).
+fn get(ns: &str, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    with_netns(ns, move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad response: {resp}"));
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// Samples of an OpenMetrics exposition as the Python client's parser reads them:
+/// `name{label="v",...}` -> value.
+fn parse(exposition: &str) -> BTreeMap<String, f64> {
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}}\t{s.value!r}")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected the exposition ({}):\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn sample(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key}; samples: {m:#?}"))
+}
+
+#[test]
+fn metrics_match_the_records_and_the_traffic() {
+    require_root();
+    let a = Netns::new("met-a");
+    let b = Netns::new("met-b");
+    let v = VethPair::new(&a, &b, "met", 1);
+    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let agent = Agent::start(
+        a.name(),
+        &[
+            "run",
+            "--interface",
+            &v.if_a,
+            "--window",
+            "3s",
+            "--metrics-address",
+            &format!(":{PORT}"),
+        ],
+    );
+    assert_eq!(get(a.name(), "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(get(a.name(), "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get(a.name(), "/nothing").0, 404);
+
+    let sizes: Vec<usize> = [100; 7].into_iter().chain([1000; 5]).collect();
+    assert_eq!(
+        udp_send(a.name(), v4(v.v4_a, 40000), v4(v.v4_b, 5001), &sizes, None),
+        12
+    );
+    assert_eq!(sink.wait_for(12, Duration::from_secs(5)), 12);
+    let f = Filter::ok()
+        .dir("out")
+        .proto(17)
+        .src(v.v4_a)
+        .sport(40000)
+        .dst(v.v4_b)
+        .dport(5001);
+    // Wait for the window holding the datagrams, then scrape well before the next one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while f.select(&agent.records()).is_empty() {
+        assert!(Instant::now() < deadline, "no record of the datagrams");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (status, body) = get(a.name(), "/metrics");
+    let recs: Vec<Record> = agent.records();
+    assert_eq!(status, 200);
+    let m = parse(&body);
+
+    let windows = recs
+        .iter()
+        .map(Record::end)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
+    let bytes: usize = recs.iter().map(|r| r.raw.len() + 1).sum();
+    let ok_packets: u64 = Filter::ok().select(&recs).iter().map(|r| r.packets()).sum();
+    assert_eq!(
+        sample(&m, r#"flowlog_records_total{sink="stdout"}"#),
+        recs.len() as f64
+    );
+    assert_eq!(
+        sample(&m, r#"flowlog_record_bytes_total{sink="stdout"}"#),
+        bytes as f64
+    );
+    assert_eq!(sample(&m, "flowlog_windows_total{}"), windows);
+    assert_eq!(
+        sample(&m, "flowlog_drain_duration_seconds_count{}"),
+        windows
+    );
+    assert_eq!(sample(&m, "flowlog_attached_interfaces{}"), 1.0);
+    assert_eq!(sample(&m, "flowlog_active_flow_logs{}"), 1.0);
+    assert_eq!(sample(&m, "flowlog_flow_map_capacity{}"), 65536.0);
+    for k in [
+        "flowlog_skipped_streams_total{}",
+        "flowlog_skipped_packets_total{}",
+        "flowlog_skipped_bytes_total{}",
+    ] {
+        assert_eq!(sample(&m, k), 0.0, "{k}");
+    }
+    // Every frame the programs saw is a packet of some record, or not IP.
+    let seen = sample(&m, r#"flowlog_datapath_events_total{event="seen"}"#);
+    let not_ip = sample(&m, r#"flowlog_datapath_events_total{event="not_ip"}"#);
+    assert!(ok_packets >= 12);
+    assert_eq!(
+        seen,
+        ok_packets as f64 + not_ip,
+        "seen = recorded packets + not_ip; records: {recs:#?}"
+    );
+    let (p, b) = flowlog_tests::totals(f.select(&recs));
+    assert_eq!((p, b), (12, 7 * 128 + 5 * 1028));
+    agent.stop();
+    sink.finish();
+}
+
+#[test]
+fn bad_metrics_address_is_a_usage_error() {
+    require_root();
+    let a = Netns::new("met-bad");
+    let out = flowlog_tests::run_to_exit(
+        a.name(),
+        &["run", "--interface", "lo", "--metrics-address", "localhost"],
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--metrics-address: \"localhost\" is not an address"),
+        "{}",
+        out.stderr
+    );
+}
