@@ -345,7 +345,7 @@ mod tests {
                 sink: "stdout".into(),
             })
             .inc_by(7);
-        m.add_datapath(&[0; 13], &[5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        m.add_datapath(&[0; 14], &[5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         let text = m.render();
         assert!(
             text.contains("flowlog_records_total{sink=\"stdout\"} 7\n"),

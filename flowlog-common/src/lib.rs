@@ -147,11 +147,15 @@ pub mod counter {
     pub const POLICY_DROP: u32 = 11;
     /// Connection-tracking insert failed (a reply may be evaluated as new).
     pub const CT_ERROR: u32 = 12;
+    /// Frames placed in no stream (not IP, truncated before the IP addresses, bad IP
+    /// version): with the streams' packets (one per frame without GSO) this accounts for
+    /// every frame `SEEN`.
+    pub const UNPLACED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 
     /// Names for logs and metrics, indexed by counter.
-    pub const NAMES: [&str; 13] = [
+    pub const NAMES: [&str; 14] = [
         "seen",
         "not_ip",
         "truncated_l3",
@@ -165,6 +169,7 @@ pub mod counter {
         "policy_reject",
         "policy_drop",
         "ct_error",
+        "unplaced",
     ];
 }
 

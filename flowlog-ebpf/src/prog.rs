@@ -80,6 +80,7 @@ pub(crate) struct Parsed {
 fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     bump(counter::SEEN);
     let Some(mut p) = parse(pkt, dir) else {
+        bump(counter::UNPLACED);
         return false;
     };
     let drop = decide(&mut p);

@@ -164,14 +164,14 @@ fn metrics_match_the_records_and_the_traffic() {
     ] {
         assert_eq!(sample(&m, k), 0.0, "{k}");
     }
-    // Every frame the programs saw is a packet of some record, or not IP.
+    // Every frame the programs saw is a packet of some record, or placed in no stream.
     let seen = sample(&m, r#"flowlog_datapath_events_total{event="seen"}"#);
-    let not_ip = sample(&m, r#"flowlog_datapath_events_total{event="not_ip"}"#);
+    let unplaced = sample(&m, r#"flowlog_datapath_events_total{event="unplaced"}"#);
     assert!(ok_packets >= 12);
     assert_eq!(
         seen,
-        ok_packets as f64 + not_ip,
-        "seen = recorded packets + not_ip; records: {recs:#?}"
+        ok_packets as f64 + unplaced,
+        "seen = recorded packets + unplaced; records: {recs:#?}"
     );
     let (p, b) = flowlog_tests::totals(f.select(&recs));
     assert_eq!((p, b), (12, 7 * 128 + 5 * 1028));
