@@ -59,6 +59,9 @@ pub enum AgentError {
     Clock(#[source] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubeError),
 }
 
 impl From<LoadError> for AgentError {
@@ -134,6 +137,11 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             "file".into()
         },
     };
+    #[cfg(feature = "kubernetes")]
+    let pod_watcher = match &cfg.kubernetes {
+        Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
+        None => None,
+    };
     metrics.set_ready(cfg.window);
     info!(
         window = %window::format_window(cfg.window),
@@ -160,6 +168,19 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         };
         let win_end = if stop { unix_now_ns()? } else { boundary };
         let drain_start = Instant::now();
+        #[cfg(feature = "kubernetes")]
+        let pods = pod_watcher.as_ref().map(|w| (w.snapshot(), &w.settings));
+        #[cfg(feature = "kubernetes")]
+        let pod_fields = pods.as_ref().map(|(index, settings)| {
+            move |out: &mut Vec<u8>, key: &FlowKey| {
+                let (src, dst) = key.addrs();
+                crate::kubernetes::append_fields(out, index, settings, Some(src), Some(dst));
+            }
+        });
+        #[cfg(feature = "kubernetes")]
+        let extra = pod_fields.as_ref().map(|f| f as &ExtraFields<'_>);
+        #[cfg(not(feature = "kubernetes"))]
+        let extra = None;
         let emitted = emit_window(
             &mut maps,
             &mut *out,
@@ -167,6 +188,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             &cfg,
             win_start / 1_000_000_000,
             win_end / 1_000_000_000,
+            extra,
         )
         .await;
         let emitted = match emitted {
@@ -336,10 +358,14 @@ async fn emit_window(
     cfg: &Config,
     start_s: u64,
     end_s: u64,
+    extra: Option<&ExtraFields<'_>>,
 ) -> Result<Emitted, AgentError> {
     let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, mono_to_unix_offset()?)
         .with_filter(cfg.transfer_type)
         .with_format(cfg.record_format);
+    if let Some(extra) = extra {
+        w = w.with_extra(extra);
+    }
     let mut drain = maps.switch()?;
     let mut batch = Vec::with_capacity(crate::drain::BATCH);
     let mut emitted = Emitted::default();
@@ -385,9 +411,14 @@ pub struct WindowWriter<'a> {
     unknown: u64,
     transfer_type: TransferType,
     format: RecordFormat,
+    /// Appends fields beyond the base record to an OK record's line (pod metadata).
+    extra: Option<&'a ExtraFields<'a>>,
     /// Records rendered so far.
     pub records: usize,
 }
+
+/// Appends fields to a rendered OK record (the line, ending in `}\n`) of a stream.
+pub type ExtraFields<'a> = dyn Fn(&mut Vec<u8>, &FlowKey) + 'a;
 
 impl<'a> WindowWriter<'a> {
     /// `mono_to_unix` is `unix_ns - boottime_ns` (the kernel stamps coarse monotonic time).
@@ -411,8 +442,15 @@ impl<'a> WindowWriter<'a> {
             unknown: 0,
             transfer_type: TransferType::All,
             format: RecordFormat::Base,
+            extra: None,
             records: 0,
         }
+    }
+
+    /// Fields appended to every OK record (pod metadata on Kubernetes).
+    pub fn with_extra(mut self, extra: &'a ExtraFields<'a>) -> Self {
+        self.extra = Some(extra);
+        self
     }
 
     /// Emit only the streams of this data transfer type.
@@ -458,6 +496,9 @@ impl<'a> WindowWriter<'a> {
                 end,
             }
             .write_json_as(out, self.format);
+            if let Some(extra) = self.extra {
+                extra(out, key);
+            }
             self.records += 1;
         }
     }

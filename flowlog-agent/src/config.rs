@@ -24,6 +24,11 @@
 //! transfer_type = "all"  # all | allow (ACCEPT records only) | reject (REJECT only)
 //! record_format = "base" # base | extended (adds rule-id)
 //! metrics_address = ":9464" # /metrics, /healthz, /readyz on 127.0.0.1:9464 (default off)
+//! [kubernetes]           # pod metadata in records (feature `kubernetes`)
+//! mode = "auto"          # auto (in a cluster or with kubeconfig) | on | off
+//! kubeconfig = "kc.yaml" # default: the in-cluster service account
+//! labels = ["app"]       # pod labels copied into records
+//! node_name = "node-1"   # default: $NODE_NAME, else the host name
 //! [metadata]
 //! account_id = "1210123456"
 //! vm_id = "i-1"
@@ -155,6 +160,51 @@ pub struct RunArgs {
     /// loopback (127.0.0.1:PORT) [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<String>,
+    /// Pod metadata in records from the Kubernetes API: auto (on inside a cluster or
+    /// with --kubeconfig), on, off [default: auto]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub kubernetes: Option<KubernetesMode>,
+    /// Kubeconfig file for the pod watch (default: the in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// A pod label copied into records as src-pod-label-KEY / dst-pod-label-KEY
+    /// (repeatable).
+    #[arg(long = "pod-label", value_name = "KEY")]
+    pub pod_labels: Vec<String>,
+}
+
+/// When to watch the Kubernetes API for pod metadata.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    /// Inside a cluster (`KUBERNETES_SERVICE_HOST` set) or with a kubeconfig file.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `[kubernetes]` of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKubernetes {
+    pub mode: Option<KubernetesMode>,
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub node_name: Option<String>,
+}
+
+/// The pod watch, when on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// A kubeconfig file; `None`: the in-cluster service account (or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Pod label keys copied into records.
+    pub labels: Vec<String>,
+    /// This node's name (the `node-name` field): `node_name`, else `$NODE_NAME`, else
+    /// the host name.
+    pub node_name: String,
 }
 
 /// The contract's data transfer type: which verdicts are recorded.
@@ -245,6 +295,8 @@ pub struct FileConfig {
     pub record_format: Option<RecordFormat>,
     pub metrics_address: Option<String>,
     #[serde(default)]
+    pub kubernetes: FileKubernetes,
+    #[serde(default)]
     pub metadata: FileMetadata,
     #[serde(default)]
     pub interfaces: Vec<FileInterface>,
@@ -289,6 +341,8 @@ pub struct Config {
     pub record_format: RecordFormat,
     /// Where /metrics, /healthz and /readyz are served (off when `None`).
     pub metrics_address: Option<SocketAddr>,
+    /// The pod watch (off when `None`).
+    pub kubernetes: Option<KubeSettings>,
 }
 
 /// One interface to capture on.
@@ -331,6 +385,10 @@ pub enum ConfigError {
     EmptyOutput { field: &'static str },
     #[error("{field}: {value:?} is not an address: use HOST:PORT (127.0.0.1:9464, [::1]:9464) or :PORT for loopback")]
     MetricsAddress { field: &'static str, value: String },
+    #[error("{field}: pod metadata needs a flowlog built with the `kubernetes` feature (the container image has it): cargo build --features kubernetes")]
+    KubernetesNotBuilt { field: &'static str },
+    #[error("{field}: {value:?} is not a label key")]
+    PodLabel { field: &'static str, value: String },
     #[error("no interface given: pass --interface IF or list [[interfaces]] in the config file")]
     NoInterface,
     #[error("{field}: interface name is empty")]
@@ -587,6 +645,8 @@ impl Config {
             (None, None) => None,
         };
 
+        let kubernetes = kube_settings(args, &file.kubernetes, |k| std::env::var(k).ok())?;
+
         Ok(Config {
             interfaces,
             window,
@@ -604,8 +664,73 @@ impl Config {
                 .or(file.record_format)
                 .unwrap_or_default(),
             metrics_address,
+            kubernetes,
         })
     }
+}
+
+/// Whether and how to watch pods; `env` reads the environment (tests pass their own).
+fn kube_settings(
+    args: &RunArgs,
+    file: &FileKubernetes,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<KubeSettings>, ConfigError> {
+    let (mode, field) = match (args.kubernetes, file.mode) {
+        (Some(m), _) => (m, "--kubernetes"),
+        (None, Some(m)) => (m, "kubernetes.mode"),
+        (None, None) => (KubernetesMode::Auto, "--kubernetes"),
+    };
+    let kubeconfig = args.kubeconfig.clone().or_else(|| file.kubeconfig.clone());
+    let built = cfg!(feature = "kubernetes");
+    let on = match mode {
+        KubernetesMode::Off => false,
+        KubernetesMode::On => true,
+        KubernetesMode::Auto => {
+            built && (kubeconfig.is_some() || env("KUBERNETES_SERVICE_HOST").is_some())
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    if !built {
+        return Err(ConfigError::KubernetesNotBuilt { field });
+    }
+    let mut labels = file.labels.clone();
+    for l in &args.pod_labels {
+        if !labels.contains(l) {
+            labels.push(l.clone());
+        }
+    }
+    if let Some(bad) = labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > 317 || l.chars().any(|c| c.is_whitespace() || c == '"'))
+    {
+        return Err(ConfigError::PodLabel {
+            field: "--pod-label",
+            value: bad.clone(),
+        });
+    }
+    let node_name = file
+        .node_name
+        .clone()
+        .or_else(|| env("NODE_NAME"))
+        .or_else(hostname)
+        .unwrap_or_else(|| "-".into());
+    Ok(Some(KubeSettings {
+        kubeconfig,
+        labels,
+        node_name,
+    }))
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 /// `HOST:PORT`, or `:PORT` for loopback.
@@ -769,6 +894,60 @@ vpc_id = ""
         assert_eq!(q.args, ["--logs", "a", "--help", "* | x"]);
         let cli = Cli::try_parse_from(["flowlog", "report"]).unwrap();
         assert!(matches!(cli.command, Command::Report(PassThrough { args }) if args.is_empty()));
+    }
+
+    #[test]
+    fn kubernetes_is_on_in_a_cluster_or_with_a_kubeconfig() {
+        let none = |_: &str| None;
+        let cluster = |k: &str| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.0.0.1".to_string());
+        let f = FileKubernetes::default();
+        assert_eq!(
+            kube_settings(&run(&["-i", "eth0"]), &f, none).unwrap(),
+            None
+        );
+        let off = run(&["-i", "eth0", "--kubernetes", "off"]);
+        assert_eq!(kube_settings(&off, &f, cluster).unwrap(), None);
+        let auto = kube_settings(
+            &run(&["-i", "eth0", "--pod-label", "app"]),
+            &f,
+            |k: &str| match k {
+                "KUBERNETES_SERVICE_HOST" => Some("10.0.0.1".into()),
+                "NODE_NAME" => Some("node-7".into()),
+                _ => None,
+            },
+        );
+        let on = kube_settings(&run(&["-i", "eth0", "--kubernetes", "on"]), &f, none);
+        if cfg!(feature = "kubernetes") {
+            let s = auto.unwrap().expect("on inside a cluster");
+            assert_eq!(
+                (s.labels, s.node_name),
+                (vec!["app".to_string()], "node-7".to_string())
+            );
+            assert!(on.unwrap().is_some());
+        } else {
+            assert_eq!(auto.unwrap(), None, "auto stays off without the feature");
+            let e = on.unwrap_err();
+            assert_eq!(e.exit_code(), EXIT_USAGE);
+            assert!(
+                e.to_string().contains("--kubernetes: pod metadata needs"),
+                "{e}"
+            );
+        }
+        let bad = kube_settings(
+            &run(&["-i", "eth0", "--kubernetes", "on", "--pod-label", "a b"]),
+            &f,
+            none,
+        );
+        if cfg!(feature = "kubernetes") {
+            assert!(bad
+                .unwrap_err()
+                .to_string()
+                .contains("\"a b\" is not a label key"));
+        }
+        // The file's [kubernetes] table: unknown keys are refused.
+        let text = "[kubernetes]\nmode = \"on\"\nlabels = [\"app\"]\nnode_name = \"n\"\n";
+        assert_eq!(file(text).kubernetes.labels, ["app"]);
+        assert!(parse_file("[kubernetes]\nlabel = 1\n", Path::new("t.toml")).is_err());
     }
 
     fn file(text: &str) -> FileConfig {

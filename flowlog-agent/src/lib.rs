@@ -4,6 +4,8 @@ pub mod agent;
 pub mod batch;
 pub mod config;
 pub mod drain;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
 pub mod policy;

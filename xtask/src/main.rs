@@ -125,9 +125,11 @@ fn test(args: Vec<String>) -> Result<()> {
     // Tier 1: unit tests and the CLI tests of `flowlog` and `flowlog-query`,
     // unprivileged (default members). This also builds target/debug/flowlog (the
     // agent's CLI tests need it), so the root tiers reuse it and nothing is built
-    // twice with another feature set.
+    // twice with another feature set. The agent is built with every optional part
+    // (pod metadata), so the root tiers test it too; `cargo xtask run` builds the
+    // lean agent.
     let mut unit = cargo();
-    unit.args(["test", "--locked"]);
+    unit.args(["test", "--locked", "--features", "flowlog-agent/kubernetes"]);
     status(unit)?;
 
     // Tiers 2 and 3: kernel (BPF_PROG_TEST_RUN) and network-namespace tests, as root.
@@ -139,6 +141,8 @@ fn test(args: Vec<String>) -> Result<()> {
             "--locked",
             "-p",
             "flowlog-agent",
+            "--features",
+            "kubernetes",
             "--bin",
             "flowlog",
         ]);
@@ -158,6 +162,7 @@ fn test(args: Vec<String>) -> Result<()> {
 }
 
 fn image(tag: &str) -> Result<()> {
+    // The image is what runs on Kubernetes: with the pod-metadata watcher.
     let mut build = cargo();
     build.args([
         "build",
@@ -165,6 +170,8 @@ fn image(tag: &str) -> Result<()> {
         "--release",
         "-p",
         "flowlog-agent",
+        "--features",
+        "kubernetes",
         "--bin",
         "flowlog",
     ]);

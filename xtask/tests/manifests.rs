@@ -135,6 +135,7 @@ fn daemonset_is_least_privilege() {
         "operator: Exists",
         "mountPath: /sys/fs/bpf",
         "verbs:\n  - get\n  - list\n  - watch",
+        "automountServiceAccountToken: true",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
