@@ -13,16 +13,13 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use flowlog_tests::{
     agent::{run_to_exit_wrapped, Wrapped},
-    agent_bin,
+    agent_bin, known,
     netns::assert_detached,
-    require_root,
-    traffic::{udp_send, v4, UdpSink},
-    Agent, Filter, Netns, VethPair,
+    require_root, Agent, Netns, VethPair,
 };
 
 const UNIT: &str = concat!(
@@ -150,31 +147,16 @@ fn the_units_capabilities_alone_count_exactly() {
     let a = Netns::new("cap-a");
     let b = Netns::new("cap-b");
     let v = VethPair::new(&a, &b, "cap", 1);
-    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let sink = known::sink(&b, &v);
     let agent = Agent::start_wrapped(
         a.name(),
         &setpriv(&unit_caps(), &copy.bin()),
         &["run", "--interface", &v.if_a, "--window", "2s"],
     );
-    let sizes: Vec<usize> = [100; 7].into_iter().chain([1000; 5]).collect();
-    let sent = udp_send(a.name(), v4(v.v4_a, 40000), v4(v.v4_b, 5001), &sizes, None);
-    assert_eq!(sent, 12);
-    assert_eq!(
-        sink.wait_for(12, Duration::from_secs(5)),
-        12,
-        "datagrams received"
-    );
+    known::send(&a, &v, &sink);
     let recs = agent.stop();
     sink.finish();
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
-    let (p, bytes) = flowlog_tests::totals(f.select(&recs));
-    assert_eq!((p, bytes), (12, 7 * 128 + 5 * 1028), "records: {recs:#?}");
+    known::assert_exact(&recs, &v);
     assert_detached(a.name(), &v.if_a);
 }
 

@@ -6,15 +6,10 @@
 //! with `CAP_SYS_ADMIN`; newer runtimes' profiles do this themselves). Known UDP traffic
 //! gives exact counts, and stopping the container (SIGINT through podman) flushes the
 //! window and detaches the programs.
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{fs, path::PathBuf, process::Command};
 
 use flowlog_tests::{
-    agent::Wrapped,
-    agent_bin,
-    netns::assert_detached,
-    require_root,
-    traffic::{udp_send, v4, UdpSink},
-    Agent, Filter, Netns, VethPair,
+    agent::Wrapped, agent_bin, known, netns::assert_detached, require_root, Agent, Netns, VethPair,
 };
 
 const BUILD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/image/build.sh");
@@ -101,7 +96,7 @@ fn image_with_least_privilege_counts_exactly() {
     let a = Netns::new("img-a");
     let b = Netns::new("img-b");
     let v = VethPair::new(&a, &b, "img", 1);
-    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let sink = known::sink(&b, &v);
     let name = format!("flowlog-test-{}", std::process::id());
     let wrapper: Vec<String> = [
         "podman",
@@ -140,24 +135,9 @@ fn image_with_least_privilege_counts_exactly() {
         },
         &["run", "--interface", &v.if_a, "--window", "2s"],
     );
-    let sizes: Vec<usize> = [100; 7].into_iter().chain([1000; 5]).collect();
-    let sent = udp_send(a.name(), v4(v.v4_a, 40000), v4(v.v4_b, 5001), &sizes, None);
-    assert_eq!(sent, 12);
-    assert_eq!(
-        sink.wait_for(12, Duration::from_secs(5)),
-        12,
-        "datagrams received"
-    );
+    known::send(&a, &v, &sink);
     let recs = agent.stop();
     sink.finish();
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
-    let (p, bytes) = flowlog_tests::totals(f.select(&recs));
-    assert_eq!((p, bytes), (12, 7 * 128 + 5 * 1028), "records: {recs:#?}");
+    known::assert_exact(&recs, &v);
     assert_detached(a.name(), &v.if_a);
 }

@@ -11,11 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowlog_tests::{
-    require_root,
-    traffic::{udp_send, v4, UdpSink},
-    with_netns, Agent, Filter, Netns, Record, VethPair,
-};
+use flowlog_tests::{known, require_root, with_netns, Agent, Filter, Netns, Record, VethPair};
 
 const PORT: u16 = 19464;
 
@@ -92,7 +88,7 @@ fn metrics_match_the_records_and_the_traffic() {
     let a = Netns::new("met-a");
     let b = Netns::new("met-b");
     let v = VethPair::new(&a, &b, "met", 1);
-    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let sink = known::sink(&b, &v);
     let agent = Agent::start(
         a.name(),
         &[
@@ -109,19 +105,8 @@ fn metrics_match_the_records_and_the_traffic() {
     assert_eq!(get(a.name(), "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(get(a.name(), "/nothing").0, 404);
 
-    let sizes: Vec<usize> = [100; 7].into_iter().chain([1000; 5]).collect();
-    assert_eq!(
-        udp_send(a.name(), v4(v.v4_a, 40000), v4(v.v4_b, 5001), &sizes, None),
-        12
-    );
-    assert_eq!(sink.wait_for(12, Duration::from_secs(5)), 12);
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
+    known::send(&a, &v, &sink);
+    let f = known::filter(&v);
     // Wait for the window holding the datagrams, then scrape well before the next one.
     let deadline = Instant::now() + Duration::from_secs(15);
     while f.select(&agent.records()).is_empty() {
@@ -173,8 +158,7 @@ fn metrics_match_the_records_and_the_traffic() {
         ok_packets as f64 + unplaced,
         "seen = recorded packets + unplaced; records: {recs:#?}"
     );
-    let (p, b) = flowlog_tests::totals(f.select(&recs));
-    assert_eq!((p, b), (12, 7 * 128 + 5 * 1028));
+    known::assert_exact(&recs, &v);
     agent.stop();
     sink.finish();
 }
