@@ -12,7 +12,9 @@
 //!           NODATA per interface without traffic ─▶ sink ───────────────┘
 //! ```
 //! On a signal the partial window is emitted with `end` = stop time, then the links
-//! are dropped (detaching every program) and the process exits 0.
+//! are dropped (detaching every program) and the process exits 0. A switch that
+//! happens late (a stalled agent) emits records whose `end` is the switch time: they
+//! say honestly that they cover more than one window.
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -166,7 +168,23 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                 _ = sighup.recv() => reload_policy(&cfg, &mut policy_maps),
             }
         };
-        let win_end = if stop { unix_now_ns()? } else { boundary };
+        // The switch happens now: normally within milliseconds of the boundary, but
+        // later if the agent was stalled (SIGSTOP, an overloaded node). The records
+        // then cover up to now, and say so: `end` is the switch time, not a boundary
+        // that passed long before (no packet is lost either way: the programs kept
+        // counting into the same generation).
+        let switched = unix_now_ns()?;
+        let win_end = if stop {
+            switched
+        } else {
+            switched.max(boundary)
+        };
+        if switched >= boundary + cfg.window.as_nanos() as u64 {
+            warn!(
+                late_s = (switched - boundary) / 1_000_000_000,
+                "window switch late (agent stalled): these records cover more than one window"
+            );
+        }
         let drain_start = Instant::now();
         #[cfg(feature = "kubernetes")]
         let pods = pod_watcher.as_ref().map(|w| (w.snapshot(), &w.settings));

@@ -713,3 +713,59 @@ fn bad_input_exits_with_code_2() {
         r.stdout
     );
 }
+
+/// SIGSTOP for about three windows under paced traffic, then SIGCONT: no packet is
+/// lost, and the records of the window that the late switch closes say what time they
+/// cover (their `end` is the switch, not the boundary that passed while stopped).
+#[test]
+fn stalled_agent_loses_nothing_and_says_what_its_records_cover() {
+    require_root();
+    let a = Netns::new("stall-a");
+    let b = Netns::new("stall-b");
+    let v = VethPair::new(&a, &b, "stl", 1);
+    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let agent = Agent::start(a.name(), &["run", "--interface", &v.if_a, "--window", "2s"]);
+    const N: usize = 2_000;
+    let sender = {
+        let (ns, src, dst) = (a.name().to_string(), v4(v.v4_a, 40000), v4(v.v4_b, 5001));
+        thread::spawn(move || udp_send(&ns, src, dst, &vec![50; N], Some(Duration::from_secs(10))))
+    };
+    thread::sleep(Duration::from_millis(2500));
+    agent.signal(libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    thread::sleep(Duration::from_millis(6500));
+    agent.signal(libc::SIGCONT);
+    let stall = stopped.elapsed().as_secs();
+    assert_eq!(sender.join().unwrap(), N);
+    thread::sleep(Duration::from_millis(300));
+    let recs = agent.stop();
+    sink.finish();
+    let f = Filter::ok()
+        .dir("out")
+        .proto(17)
+        .src(v.v4_a)
+        .sport(40000)
+        .dst(v.v4_b)
+        .dport(5001);
+    let (p, bytes, sel) = stream(&recs, &f);
+    assert_eq!(p, N as u64, "packets over all windows:\n{}", dump(&sel));
+    assert_eq!(bytes, (N * (28 + 50)) as u64);
+    // The window closed after the stall spans it; every other one spans about a window.
+    let longest = sel.iter().map(|r| r.end() - r.start()).max().unwrap();
+    assert!(
+        longest >= stall,
+        "no record covers the {stall} s stall:\n{}",
+        dump(&sel)
+    );
+    // Records never overlap in time claimed beyond their window: each ends after it
+    // starts, and the windows' NODATA/OK records tile the run without gaps.
+    let mut ends: Vec<u64> = recs.iter().map(Record::end).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let starts: BTreeSet<u64> = recs.iter().map(Record::start).collect();
+    for w in ends.windows(2) {
+        assert!(w[1] > w[0]);
+    }
+    assert!(starts.iter().all(|s| *s <= *ends.last().unwrap()));
+    assert_detached(a.name(), &v.if_a);
+}
