@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{check_policy_interfaces, Config, InterfaceConfig, TransferType},
+    config::{check_policy_interfaces, Config, InterfaceConfig, SinkKind, TransferType},
     drain::{DrainError, Drained, FlowMaps},
     loader::{self, LoadError},
     metrics::{Metrics, MetricsError, SinkLabels},
@@ -119,7 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     let mut maps = FlowMaps::take(&mut ebpf)?;
     let attachments = loader::attach(&mut ebpf, &cfg)?;
-    let mut out = sink::open(&cfg.output).await?;
+    let (mut out, sink_names) = open_sinks(&cfg).await?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
@@ -132,13 +132,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         .set(attachments.hooks.len() as i64);
     metrics.active_flow_logs.set(1);
     metrics.flow_map_capacity.set(i64::from(cfg.max_flows));
-    let sink_label = SinkLabels {
-        sink: if out.describe() == "stdout" {
-            "stdout".into()
-        } else {
-            "file".into()
-        },
-    };
+    let sink_labels: Vec<SinkLabels> = sink_names
+        .into_iter()
+        .map(|sink| SinkLabels { sink })
+        .collect();
     #[cfg(feature = "kubernetes")]
     let pod_watcher = match &cfg.kubernetes {
         Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
@@ -212,8 +209,14 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         let emitted = match emitted {
             Ok(w) => w,
             Err(e) => {
-                if matches!(e, AgentError::Sink(_)) {
-                    metrics.sink_errors.get_or_create(&sink_label).inc();
+                if let AgentError::Sink(se) = &e {
+                    let failed = se.sink_name();
+                    let label = sink_labels
+                        .iter()
+                        .find(|l| l.sink == failed)
+                        .cloned()
+                        .unwrap_or(SinkLabels { sink: failed });
+                    metrics.sink_errors.get_or_create(&label).inc();
                 }
                 return Err(e);
             }
@@ -221,14 +224,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         metrics
             .drain_seconds
             .observe(drain_start.elapsed().as_secs_f64());
-        metrics
-            .records
-            .get_or_create(&sink_label)
-            .inc_by(emitted.records as u64);
-        metrics
-            .record_bytes
-            .get_or_create(&sink_label)
-            .inc_by(emitted.bytes);
+        for l in &sink_labels {
+            metrics
+                .records
+                .get_or_create(l)
+                .inc_by(emitted.records as u64);
+            metrics.record_bytes.get_or_create(l).inc_by(emitted.bytes);
+        }
         metrics.window_streams.set(emitted.streams as i64);
         metrics
             .flow_map_fill
@@ -245,6 +247,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         last_counters = counters;
 
         if stop {
+            out.close().await?;
             info!("stopping: partial window emitted, detaching");
             break;
         }
@@ -254,6 +257,39 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     drop(maps);
     drop(ebpf);
     Ok(())
+}
+
+/// The destinations of the records: `output` (stdout or an appended file) unless
+/// named sinks replace it, and the named sinks. Returns them with their names (the
+/// `sink` label of the metrics: `stdout`, `file` for `--output FILE`, or the
+/// `[[sink]]` name).
+async fn open_sinks(cfg: &Config) -> Result<(Box<dyn Sink>, Vec<String>), AgentError> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut names = Vec::new();
+    if cfg.sinks.is_empty() || cfg.output_explicit {
+        sinks.push(sink::open(&cfg.output).await?);
+        names.push(match cfg.output {
+            crate::config::Output::Stdout => "stdout".to_string(),
+            crate::config::Output::File(_) => "file".to_string(),
+        });
+    }
+    for s in &cfg.sinks {
+        let opened: Box<dyn Sink> = match &s.kind {
+            SinkKind::Stdout => Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name)),
+            SinkKind::File(settings) => {
+                Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
+            }
+        };
+        info!(sink = %s.name, "sink opened");
+        sinks.push(opened);
+        names.push(s.name.clone());
+    }
+    let out: Box<dyn Sink> = if sinks.len() == 1 {
+        sinks.pop().expect("one sink")
+    } else {
+        Box::new(sink::FanOut::new(sinks))
+    };
+    Ok((out, names))
 }
 
 fn ifindex_of(cfg: &Config, name: &str) -> Option<u32> {

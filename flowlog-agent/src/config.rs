@@ -171,6 +171,44 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "pod-label", value_name = "KEY")]
     pub pod_labels: Vec<String>,
+    /// Send the records to the [[sink]] of this name in the config file (repeatable;
+    /// instead of --output unless that is given too).
+    #[arg(long = "sink", value_name = "NAME")]
+    pub sinks: Vec<String>,
+}
+
+/// One `[[sink]]` of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `file`: the directory.
+    pub path: Option<PathBuf>,
+    /// `json` (the default and, so far, the only one).
+    pub format: Option<String>,
+    pub rotate_bytes: Option<u64>,
+    /// Rotate a file once it is this old: `90s`, `30m`, `1h`, `1d`.
+    pub rotate_after: Option<String>,
+    /// Delete finished files older than this (default 7d).
+    pub retention: Option<String>,
+    /// Keep at most this many bytes of finished files.
+    pub retention_bytes: Option<u64>,
+}
+
+/// A destination of records, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    Stdout,
+    /// JSON lines in a directory, rotated and pruned ([`crate::sink::file`]).
+    File(crate::sink::file::DirSettings),
 }
 
 /// When to watch the Kubernetes API for pod metadata.
@@ -294,6 +332,11 @@ pub struct FileConfig {
     pub transfer_type: Option<TransferType>,
     pub record_format: Option<RecordFormat>,
     pub metrics_address: Option<String>,
+    /// Sinks (by name) of the records of `flowlog run`.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    #[serde(default, rename = "sink")]
+    pub sink_defs: Vec<FileSink>,
     #[serde(default)]
     pub kubernetes: FileKubernetes,
     #[serde(default)]
@@ -343,6 +386,10 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     /// The pod watch (off when `None`).
     pub kubernetes: Option<KubeSettings>,
+    /// Named sinks the records go to (besides `output` when `output_explicit`).
+    pub sinks: Vec<SinkConfig>,
+    /// `output` was set (flag or file), so it receives records even with sinks.
+    pub output_explicit: bool,
 }
 
 /// One interface to capture on.
@@ -389,6 +436,14 @@ pub enum ConfigError {
     KubernetesNotBuilt { field: &'static str },
     #[error("{field}: {value:?} is not a label key")]
     PodLabel { field: &'static str, value: String },
+    #[error("{field}: no [[sink]] named {name:?} in the config file (defined: {defined})")]
+    UnknownSink {
+        field: &'static str,
+        name: String,
+        defined: String,
+    },
+    #[error("[[sink]] {name:?}: {problem}")]
+    BadSink { name: String, problem: String },
     #[error("no interface given: pass --interface IF or list [[interfaces]] in the config file")]
     NoInterface,
     #[error("{field}: interface name is empty")]
@@ -532,6 +587,8 @@ impl Config {
             (None, Some(p)) => output_from(p, "config file output")?,
             (None, None) => Output::Stdout,
         };
+        let sinks = select_sinks(args, &file)?;
+        let output_explicit = args.output.is_some() || file.output.is_some();
 
         let mut pending: Vec<Pending> = Vec::new();
         for entry in file.interfaces {
@@ -665,8 +722,134 @@ impl Config {
                 .unwrap_or_default(),
             metrics_address,
             kubernetes,
+            sinks,
+            output_explicit,
         })
     }
+}
+
+/// The sinks named by `--sink` (or the file's `sinks`), from the `[[sink]]` tables.
+fn select_sinks(args: &RunArgs, file: &FileConfig) -> Result<Vec<SinkConfig>, ConfigError> {
+    let mut defs = Vec::new();
+    for d in &file.sink_defs {
+        if d.name.is_empty() {
+            return Err(ConfigError::BadSink {
+                name: d.name.clone(),
+                problem: "name is empty".into(),
+            });
+        }
+        if file.sink_defs.iter().filter(|o| o.name == d.name).count() > 1 {
+            return Err(ConfigError::BadSink {
+                name: d.name.clone(),
+                problem: "defined twice".into(),
+            });
+        }
+        defs.push(sink_config(d)?);
+    }
+    let (names, field) = if args.sinks.is_empty() {
+        (&file.sinks, "config file sinks")
+    } else {
+        (&args.sinks, "--sink")
+    };
+    let mut out: Vec<SinkConfig> = Vec::new();
+    for name in names {
+        let Some(def) = defs.iter().find(|d| &d.name == name) else {
+            let defined = defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>();
+            return Err(ConfigError::UnknownSink {
+                field,
+                name: name.clone(),
+                defined: if defined.is_empty() {
+                    "none".into()
+                } else {
+                    defined.join(", ")
+                },
+            });
+        };
+        if !out.iter().any(|o| o.name == def.name) {
+            out.push(def.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
+    use crate::sink::file::DirSettings;
+    let bad = |problem: String| ConfigError::BadSink {
+        name: d.name.clone(),
+        problem,
+    };
+    match d.format.as_deref() {
+        None | Some("json") => {}
+        Some(f) => {
+            return Err(bad(format!(
+                "format {f:?} is not available (json is; text comes with the delivery work)"
+            )))
+        }
+    }
+    let kind = match d.kind.as_str() {
+        "stdout" => {
+            if d.path.is_some() || d.rotate_bytes.is_some() || d.rotate_after.is_some() {
+                return Err(bad("type stdout takes no path or rotation".into()));
+            }
+            SinkKind::Stdout
+        }
+        "file" => {
+            let dir = d
+                .path
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty())
+                .ok_or_else(|| bad("type file needs path = \"DIRECTORY\"".into()))?;
+            let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+                None => Ok(default),
+                Some(text) => parse_duration(text).ok_or_else(|| {
+                    bad(format!(
+                        "{key} = {text:?} is not a duration: use 90s, 30m, 1h or 7d"
+                    ))
+                }),
+            };
+            let rotate_bytes = d.rotate_bytes.unwrap_or(DirSettings::DEFAULT_ROTATE_BYTES);
+            if rotate_bytes == 0 {
+                return Err(bad("rotate_bytes must be at least 1".into()));
+            }
+            SinkKind::File(DirSettings {
+                dir,
+                rotate_bytes,
+                rotate_after: dur(
+                    "rotate_after",
+                    &d.rotate_after,
+                    DirSettings::DEFAULT_ROTATE_AFTER,
+                )?,
+                retention: dur("retention", &d.retention, DirSettings::DEFAULT_RETENTION)?,
+                retention_bytes: d.retention_bytes,
+            })
+        }
+        "parquet" | "tcp" | "ipfix" | "kafka" => {
+            return Err(bad(format!(
+                "type {:?} is not available yet (stdout and file are)",
+                d.kind
+            )))
+        }
+        other => return Err(bad(format!("unknown type {other:?}: use stdout or file"))),
+    };
+    Ok(SinkConfig {
+        name: d.name.clone(),
+        kind,
+    })
+}
+
+/// `90s`, `30m`, `1h`, `7d` (a whole number and one unit).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// Whether and how to watch pods; `env` reads the environment (tests pass their own).
@@ -948,6 +1131,86 @@ vpc_id = ""
         let text = "[kubernetes]\nmode = \"on\"\nlabels = [\"app\"]\nnode_name = \"n\"\n";
         assert_eq!(file(text).kubernetes.labels, ["app"]);
         assert!(parse_file("[kubernetes]\nlabel = 1\n", Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn sinks_by_name() {
+        let text = "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"/var/log/fl\"\nrotate_bytes = 1000\nrotate_after = \"30m\"\nretention = \"2d\"\nretention_bytes = 5000\n\n[[sink]]\nname = \"console\"\ntype = \"stdout\"\n";
+        let c = build(&["-i", "eth0", "--sink", "archive"], Some(text)).unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        let SinkKind::File(d) = &c.sinks[0].kind else {
+            panic!("not a file sink")
+        };
+        assert_eq!(
+            (
+                d.rotate_bytes,
+                d.rotate_after,
+                d.retention,
+                d.retention_bytes
+            ),
+            (
+                1000,
+                Duration::from_secs(1800),
+                Duration::from_secs(172_800),
+                Some(5000)
+            )
+        );
+        assert!(!c.output_explicit);
+        let c = build(
+            &[
+                "-i", "eth0", "--sink", "console", "--sink", "archive", "--output", "-",
+            ],
+            Some(text),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sinks.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["console", "archive"]
+        );
+        assert!(c.output_explicit);
+        // The file's own selection.
+        let c = build(
+            &["-i", "eth0"],
+            Some(&format!("sinks = [\"console\"]\n{text}")),
+        )
+        .unwrap();
+        assert_eq!(c.sinks[0].kind, SinkKind::Stdout);
+
+        let e = build(&["-i", "eth0", "--sink", "nope"], Some(text)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--sink: no [[sink]] named \"nope\" in the config file (defined: archive, console)"
+        );
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        for (def, problem) in [
+            (
+                "name = \"k\"\ntype = \"kafka\"",
+                "type \"kafka\" is not available yet",
+            ),
+            ("name = \"x\"\ntype = \"ftp\"", "unknown type \"ftp\""),
+            ("name = \"f\"\ntype = \"file\"", "type file needs path"),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/d\"\nretention = \"7 days\"",
+                "retention = \"7 days\" is not a duration",
+            ),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/d\"\nformat = \"csv\"",
+                "format \"csv\" is not available",
+            ),
+        ] {
+            let e = build(&["-i", "eth0"], Some(&format!("[[sink]]\n{def}\n"))).unwrap_err();
+            assert!(e.to_string().contains(problem), "{e}");
+        }
+        let twice = "[[sink]]\nname = \"a\"\ntype = \"stdout\"\n[[sink]]\nname = \"a\"\ntype = \"stdout\"\n";
+        assert!(build(&["-i", "eth0"], Some(twice))
+            .unwrap_err()
+            .to_string()
+            .contains("defined twice"));
+        assert!(parse_file(
+            "[[sink]]\nname = \"a\"\ntype = \"stdout\"\nspool = 1\n",
+            Path::new("t")
+        )
+        .is_err());
     }
 
     fn file(text: &str) -> FileConfig {

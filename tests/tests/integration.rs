@@ -769,3 +769,121 @@ fn stalled_agent_loses_nothing_and_says_what_its_records_cover() {
     assert!(starts.iter().all(|s| *s <= *ends.last().unwrap()));
     assert_detached(a.name(), &v.if_a);
 }
+
+/// A `[[sink]]` of type file, rotated every ~4 KiB, while paced traffic flows over
+/// 1 s windows and a reader keeps reading the finished files: every line the reader
+/// ever sees is a whole record, the run leaves no `.part` file, and the records in the
+/// directory count the traffic exactly.
+#[test]
+fn file_sink_rotates_and_readers_never_see_a_partial_line() {
+    require_root();
+    let a = Netns::new("fsink-a");
+    let b = Netns::new("fsink-b");
+    let v = VethPair::new(&a, &b, "fsk", 1);
+    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let dir = std::env::temp_dir().join(format!("flowlog-fsink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = std::env::temp_dir().join(format!("flowlog-fsink-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\nrotate_bytes = 4000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(
+        a.name(),
+        &[
+            "run",
+            "--interface",
+            &v.if_a,
+            "--window",
+            "1s",
+            "--config",
+            config.to_str().unwrap(),
+            "--sink",
+            "archive",
+        ],
+    );
+    // A reader that, like a log shipper, reads every finished file again and again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().into_string().unwrap();
+                    if name.ends_with(".part") {
+                        continue;
+                    }
+                    let Ok(text) = std::fs::read_to_string(e.path()) else {
+                        continue; // renamed or pruned meanwhile
+                    };
+                    assert!(
+                        text.is_empty() || text.ends_with('\n'),
+                        "{name}: partial line"
+                    );
+                    for line in text.lines() {
+                        Record::parse(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
+                    }
+                    reads += 1;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            reads
+        })
+    };
+    // 40 streams (source ports) x 30 datagrams over 4 s: several windows and files.
+    const PORTS: u16 = 40;
+    for round in 0..30 {
+        for p in 0..PORTS {
+            udp_send(
+                a.name(),
+                v4(v.v4_a, 41000 + p),
+                v4(v.v4_b, 5001),
+                &[20],
+                None,
+            );
+        }
+        thread::sleep(Duration::from_millis(130 + (round % 2) * 10));
+    }
+    assert_eq!(sink.wait_for(1200, Duration::from_secs(5)), 1200);
+    let stdout = agent.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(stdout.is_empty(), "records went to stdout too: {stdout:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("flows-") && f.ends_with(".json")),
+        "{files:?}"
+    );
+    assert!(
+        files.len() >= 3,
+        "expected rotation into several files: {files:?}"
+    );
+    assert!(reads > 0, "the reader never read a finished file");
+    let mut recs = Vec::new();
+    for f in &files {
+        for line in std::fs::read_to_string(dir.join(f)).unwrap().lines() {
+            recs.push(Record::parse(line).unwrap());
+        }
+    }
+    let f = Filter::ok()
+        .dir("out")
+        .proto(17)
+        .src(v.v4_a)
+        .dst(v.v4_b)
+        .dport(5001);
+    let (p, bytes, _) = stream(&recs, &f);
+    assert_eq!((p, bytes), (1200, 1200 * 48), "records in the directory");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}

@@ -15,6 +15,8 @@
 //! exited) surfaces as [`SinkError::Closed`], never as a panic or a silent loss. This
 //! relies on `SIGPIPE` being ignored, which the Rust runtime does for binaries.
 
+pub mod file;
+
 use std::{
     future::Future,
     io,
@@ -35,8 +37,14 @@ pub trait Sink: Send {
     /// Data may sit in buffers until [`Sink::flush`].
     fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a>;
 
-    /// Pushes buffered data to the destination.
+    /// Pushes buffered data to the destination (called at the end of every window).
     fn flush(&mut self) -> SinkFuture<'_>;
+
+    /// The agent stops: flush, and leave the destination complete (a file sink
+    /// finishes its part file).
+    fn close(&mut self) -> SinkFuture<'_> {
+        self.flush()
+    }
 
     /// Human-readable destination for logs (`stdout`, a path...).
     fn describe(&self) -> &str;
@@ -70,6 +78,16 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// The sink (or file) this error is about.
+    pub fn sink_name(&self) -> String {
+        match self {
+            SinkError::Open { path, .. } => path.display().to_string(),
+            SinkError::Closed { sink }
+            | SinkError::Write { sink, .. }
+            | SinkError::Flush { sink, .. } => sink.clone(),
+        }
+    }
+
     /// Whether the destination is gone for good (broken pipe), as opposed to an I/O
     /// error that might not recur.
     pub fn is_closed(&self) -> bool {
@@ -155,6 +173,54 @@ impl<W: AsyncWrite + Unpin + Send> Sink for WriterSink<W> {
         })
     }
 
+    fn describe(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Several sinks receiving the same records, in order; the first failure stops the
+/// batch and is returned (naming that sink).
+pub struct FanOut {
+    pub sinks: Vec<Box<dyn Sink>>,
+    name: String,
+}
+
+impl FanOut {
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        let name = sinks
+            .iter()
+            .map(|s| s.describe().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        FanOut { sinks, name }
+    }
+}
+
+impl Sink for FanOut {
+    fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            for s in &mut self.sinks {
+                s.write_batch(lines).await?;
+            }
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> SinkFuture<'_> {
+        Box::pin(async move {
+            for s in &mut self.sinks {
+                s.flush().await?;
+            }
+            Ok(())
+        })
+    }
+    fn close(&mut self) -> SinkFuture<'_> {
+        Box::pin(async move {
+            for s in &mut self.sinks {
+                s.close().await?;
+            }
+            Ok(())
+        })
+    }
     fn describe(&self) -> &str {
         &self.name
     }
