@@ -275,7 +275,14 @@ async fn open_sinks(cfg: &Config) -> Result<(Box<dyn Sink>, Vec<String>), AgentE
     }
     for s in &cfg.sinks {
         let opened: Box<dyn Sink> = match &s.kind {
-            SinkKind::Stdout => Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name)),
+            SinkKind::Stdout => {
+                let plain = Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name));
+                match &s.text {
+                    Some(t) => Box::new(sink::TextSink::new(plain, t.clone())),
+                    None => plain,
+                }
+            }
+            // The file sink converts itself (a header at the top of every file).
             SinkKind::File(settings) => {
                 Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
             }

@@ -186,8 +186,10 @@ pub struct FileSink {
     pub kind: String,
     /// `file`: the directory.
     pub path: Option<PathBuf>,
-    /// `json` (the default and, so far, the only one).
+    /// `json` (the default) or `text` (space-separated, with a header line).
     pub format: Option<String>,
+    /// `text`: the fields, in order (default: the contract's base fields).
+    pub fields: Option<Vec<String>>,
     pub rotate_bytes: Option<u64>,
     /// Rotate a file once it is this old: `90s`, `30m`, `1h`, `1d`.
     pub rotate_after: Option<String>,
@@ -202,6 +204,10 @@ pub struct FileSink {
 pub struct SinkConfig {
     pub name: String,
     pub kind: SinkKind,
+    /// `format = "text"` (for a file sink also in its [`DirSettings`]).
+    ///
+    /// [`DirSettings`]: crate::sink::file::DirSettings
+    pub text: Option<crate::sink::text::TextFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -778,14 +784,31 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
         name: d.name.clone(),
         problem,
     };
-    match d.format.as_deref() {
-        None | Some("json") => {}
+    let text = match d.format.as_deref() {
+        None | Some("json") => {
+            if d.fields.is_some() {
+                return Err(bad("fields is for format = \"text\"".into()));
+            }
+            None
+        }
+        Some("text") => {
+            let mut t = crate::sink::text::TextFormat::default();
+            if let Some(fields) = &d.fields {
+                if fields.is_empty() || fields.iter().any(|f| f.is_empty() || f.contains(' ')) {
+                    return Err(bad(
+                        "fields must name at least one field, without spaces".into()
+                    ));
+                }
+                t.fields = fields.clone();
+            }
+            Some(t)
+        }
         Some(f) => {
             return Err(bad(format!(
-                "format {f:?} is not available (json is; text comes with the delivery work)"
+                "format {f:?} is not available: use json or text"
             )))
         }
-    }
+    };
     let kind = match d.kind.as_str() {
         "stdout" => {
             if d.path.is_some() || d.rotate_bytes.is_some() || d.rotate_after.is_some() {
@@ -821,6 +844,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                 )?,
                 retention: dur("retention", &d.retention, DirSettings::DEFAULT_RETENTION)?,
                 retention_bytes: d.retention_bytes,
+                text: text.clone(),
             })
         }
         "parquet" | "tcp" | "ipfix" | "kafka" => {
@@ -834,6 +858,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
     Ok(SinkConfig {
         name: d.name.clone(),
         kind,
+        text,
     })
 }
 

@@ -784,11 +784,16 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
     let dir = std::env::temp_dir().join(format!("flowlog-fsink-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = std::env::temp_dir().join(format!("flowlog-fsink-{}.toml", std::process::id()));
+    let text_dir = dir.with_extension("text");
+    let _ = std::fs::remove_dir_all(&text_dir);
     std::fs::write(
         &config,
         format!(
-            "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\nrotate_bytes = 4000\n",
-            dir.display()
+            "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\nrotate_bytes = 4000\n\n\
+             [[sink]]\nname = \"table\"\ntype = \"file\"\npath = \"{}\"\nformat = \"text\"\n\
+             fields = [\"srcport\", \"packets\", \"bytes\", \"log-status\"]\n",
+            dir.display(),
+            text_dir.display()
         ),
     )
     .unwrap();
@@ -804,6 +809,8 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
             config.to_str().unwrap(),
             "--sink",
             "archive",
+            "--sink",
+            "table",
         ],
     );
     // A reader that, like a log shipper, reads every finished file again and again.
@@ -884,6 +891,27 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
         .dport(5001);
     let (p, bytes, _) = stream(&recs, &f);
     assert_eq!((p, bytes), (1200, 1200 * 48), "records in the directory");
+    // The text sink: one file (no rotation limit hit), the header, then the columns.
+    let text_files: Vec<_> = std::fs::read_dir(&text_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(text_files.len(), 1, "{text_files:?}");
+    assert!(text_files[0].to_str().unwrap().ends_with(".txt"));
+    let text = std::fs::read_to_string(&text_files[0]).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("srcport packets bytes log-status"));
+    let (mut tp, mut tb) = (0u64, 0u64);
+    for line in lines {
+        let cols: Vec<&str> = line.split(' ').collect();
+        assert_eq!(cols.len(), 4, "{line}");
+        if cols[3] == "OK" {
+            tp += cols[1].parse::<u64>().unwrap();
+            tb += cols[2].parse::<u64>().unwrap();
+        }
+    }
+    assert_eq!((tp, tb), (1200, 1200 * 48), "records in the text sink");
+    let _ = std::fs::remove_dir_all(&text_dir);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }

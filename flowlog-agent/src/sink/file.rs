@@ -41,6 +41,8 @@ pub struct DirSettings {
     pub retention: Duration,
     /// Keep at most this many bytes of finished files (`None`: no limit).
     pub retention_bytes: Option<u64>,
+    /// `text` format (header at the top of every file); `None`: JSON lines.
+    pub text: Option<super::text::TextFormat>,
 }
 
 impl DirSettings {
@@ -50,7 +52,6 @@ impl DirSettings {
 }
 
 const PREFIX: &str = "flows-";
-const SUFFIX: &str = ".json";
 const PART: &str = ".part";
 
 struct Part {
@@ -134,6 +135,15 @@ impl DirSink {
     }
 
     /// Cuts `path` after its last complete line and renames it to its final name.
+    /// `.json`, or `.txt` for the text format.
+    fn suffix(&self) -> &'static str {
+        if self.settings.text.is_some() {
+            ".txt"
+        } else {
+            ".json"
+        }
+    }
+
     async fn recover(&self, path: &Path) -> io::Result<u64> {
         let data = fs::read(path).await?;
         let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -147,17 +157,23 @@ impl DirSink {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        let target = self.free_name(fname.trim_end_matches(PART).trim_end_matches(SUFFIX));
+        let base = fname.trim_end_matches(PART);
+        let base = base
+            .strip_suffix(".json")
+            .or_else(|| base.strip_suffix(".txt"))
+            .unwrap_or(base);
+        let target = self.free_name(base);
         fs::rename(path, &target).await?;
         Ok(cut)
     }
 
     /// `DIR/<base>.json`, or `DIR/<base>-N.json` if taken.
     fn free_name(&self, base: &str) -> PathBuf {
-        let mut candidate = self.settings.dir.join(format!("{base}{SUFFIX}"));
+        let suffix = self.suffix();
+        let mut candidate = self.settings.dir.join(format!("{base}{suffix}"));
         let mut n = 1;
         while candidate.exists() {
-            candidate = self.settings.dir.join(format!("{base}-{n}{SUFFIX}"));
+            candidate = self.settings.dir.join(format!("{base}-{n}{suffix}"));
             n += 1;
         }
         candidate
@@ -169,17 +185,23 @@ impl DirSink {
             let base = stamp(now);
             let target = self.free_name(&base);
             let path = PathBuf::from(format!("{}{PART}", target.display()));
-            let file = fs::OpenOptions::new()
+            let mut file = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o640)
                 .open(&path)
                 .await?;
+            let mut bytes = 0;
+            if let Some(text) = &self.settings.text {
+                let header = text.header();
+                file.write_all(&header).await?;
+                bytes = header.len() as u64;
+            }
             self.part = Some(Part {
                 file,
                 path,
                 target,
-                bytes: 0,
+                bytes,
                 opened: now,
             });
         }
@@ -206,7 +228,7 @@ impl DirSink {
         while let Some(e) = rd.next_entry().await? {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
+            if name.starts_with(PREFIX) && (name.ends_with(".json") || name.ends_with(".txt")) {
                 let md = e.metadata().await?;
                 out.push((e.path(), md.len(), md.modified()?));
             }
@@ -251,6 +273,14 @@ impl Sink for DirSink {
                 return Ok(());
             }
             let name = self.name.clone();
+            let converted;
+            let lines = match &self.settings.text {
+                Some(text) => {
+                    converted = text.convert(lines);
+                    &converted[..]
+                }
+                None => lines,
+            };
             let part = self.open_part().await.map_err(|e| io_err(&name, e))?;
             part.file
                 .write_all(lines)
@@ -310,6 +340,7 @@ mod tests {
             rotate_after: Duration::from_secs(3600),
             retention: DirSettings::DEFAULT_RETENTION,
             retention_bytes: None,
+            text: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! relies on `SIGPIPE` being ignored, which the Rust runtime does for binaries.
 
 pub mod file;
+pub mod text;
 
 use std::{
     future::Future,
@@ -175,6 +176,46 @@ impl<W: AsyncWrite + Unpin + Send> Sink for WriterSink<W> {
 
     fn describe(&self) -> &str {
         &self.name
+    }
+}
+
+/// A sink in the `text` format: converts each batch, and starts with the header.
+pub struct TextSink {
+    inner: Box<dyn Sink>,
+    format: text::TextFormat,
+    header_done: bool,
+}
+
+impl TextSink {
+    pub fn new(inner: Box<dyn Sink>, format: text::TextFormat) -> Self {
+        TextSink {
+            inner,
+            format,
+            header_done: false,
+        }
+    }
+}
+
+impl Sink for TextSink {
+    fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let mut text = Vec::new();
+            if !self.header_done {
+                text = self.format.header();
+                self.header_done = true;
+            }
+            text.extend(self.format.convert(lines));
+            self.inner.write_batch(&text).await
+        })
+    }
+    fn flush(&mut self) -> SinkFuture<'_> {
+        self.inner.flush()
+    }
+    fn close(&mut self) -> SinkFuture<'_> {
+        self.inner.close()
+    }
+    fn describe(&self) -> &str {
+        self.inner.describe()
     }
 }
 
