@@ -29,6 +29,7 @@ use std::{
 };
 
 use flowlog_tests::{
+    known,
     netns::{assert_detached, has_xdp},
     record::validate_record_shape,
     require_root,
@@ -173,13 +174,7 @@ fn udp_known_sizes_exact() {
     let recs = agent.stop();
     sink.finish();
     check_shapes(&recs);
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
+    let f = known::filter(&v);
     let (p, bytes, _) = stream(&recs, &f);
     assert_eq!(p, 12);
     assert_eq!(bytes, 7 * 128 + 5 * 1028);
@@ -391,13 +386,7 @@ fn udp_100k_paced_across_windows() {
     let received = sink.finish().0;
     eprintln!("receiver got {received} of {N} datagrams");
     check_shapes(&recs);
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
+    let f = known::filter(&v);
     let (p, bytes, sel) = stream(&recs, &f);
     assert_eq!(p, N as u64, "packets over all windows:\n{}", dump(&sel));
     assert_eq!(bytes, (N * (28 + PAYLOAD)) as u64);
@@ -740,13 +729,7 @@ fn stalled_agent_loses_nothing_and_says_what_its_records_cover() {
     thread::sleep(Duration::from_millis(300));
     let recs = agent.stop();
     sink.finish();
-    let f = Filter::ok()
-        .dir("out")
-        .proto(17)
-        .src(v.v4_a)
-        .sport(40000)
-        .dst(v.v4_b)
-        .dport(5001);
+    let f = known::filter(&v);
     let (p, bytes, sel) = stream(&recs, &f);
     assert_eq!(p, N as u64, "packets over all windows:\n{}", dump(&sel));
     assert_eq!(bytes, (N * (28 + 50)) as u64);

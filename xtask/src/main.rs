@@ -99,20 +99,34 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn run(mut args: Vec<String>) -> Result<()> {
-    // The lean agent: no query engine (that is the separate `flowlog-query` binary).
+/// Builds the `flowlog` binary (`--locked`) and returns its path: release or debug,
+/// lean or with the pod-metadata watcher (feature `kubernetes`).
+fn build_agent(release: bool, kubernetes: bool) -> Result<PathBuf> {
     let mut build = cargo();
     build.args([
         "build",
         "--locked",
-        "--release",
         "-p",
         "flowlog-agent",
         "--bin",
         "flowlog",
     ]);
+    if release {
+        build.arg("--release");
+    }
+    if kubernetes {
+        build.args(["--features", "kubernetes"]);
+    }
     status(build)?;
-    let bin = target_dir().join("release/flowlog");
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("flowlog"))
+}
+
+fn run(mut args: Vec<String>) -> Result<()> {
+    // The lean agent: no query engine (that is the separate `flowlog-query` binary),
+    // no Kubernetes client.
+    let bin = build_agent(true, false)?;
     if args.first().is_none_or(|a| a.starts_with('-')) {
         args.insert(0, "run".into());
     }
@@ -133,20 +147,9 @@ fn test(args: Vec<String>) -> Result<()> {
     status(unit)?;
 
     // Tiers 2 and 3: kernel (BPF_PROG_TEST_RUN) and network-namespace tests, as root.
-    let bin = target_dir().join("debug/flowlog");
+    let mut bin = target_dir().join("debug/flowlog");
     if !bin.is_file() {
-        let mut build = cargo();
-        build.args([
-            "build",
-            "--locked",
-            "-p",
-            "flowlog-agent",
-            "--features",
-            "kubernetes",
-            "--bin",
-            "flowlog",
-        ]);
-        status(build)?;
+        bin = build_agent(false, true)?;
     }
     let mut build_tests = cargo();
     build_tests.args(["test", "--locked", "-p", "flowlog-tests", "--no-run"]);
@@ -163,20 +166,7 @@ fn test(args: Vec<String>) -> Result<()> {
 
 fn image(tag: &str) -> Result<()> {
     // The image is what runs on Kubernetes: with the pod-metadata watcher.
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "flowlog-agent",
-        "--features",
-        "kubernetes",
-        "--bin",
-        "flowlog",
-    ]);
-    status(build)?;
-    let bin = target_dir().join("release/flowlog");
+    let bin = build_agent(true, true)?;
     let script = workspace_root().join("deploy/image/build.sh");
     let out = Command::new("bash")
         .arg(&script)
