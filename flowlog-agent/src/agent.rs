@@ -525,7 +525,7 @@ impl<'a> WindowWriter<'a> {
         self
     }
 
-    /// Appends the OK records of `flows` (counters summed over CPUs).
+    /// Appends the OK records of `flows`.
     pub fn flows(&mut self, out: &mut Vec<u8>, flows: &[(FlowKey, FlowStats)]) {
         for (key, stats) in flows {
             let Some(&i) = self.by_ifindex.get(&key.ifindex) else {

@@ -1,11 +1,11 @@
 //! How long the agent's own code takes to drain N live flows at a window boundary and
 //! write them as JSON lines to a file: the same steps as the agent's `emit_window`
 //! (`FlowMaps::switch`: generation flip + RCU grace period; `GenerationDrain::next_batch`
-//! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`) + `WindowWriter::flows` per batch, the buffer
-//! written every MiB; `GenerationDrain::finish` + `WindowWriter::finish`), timed per step.
-//! The flow map is filled from user space (one key per stream, counters on one CPU
-//! each, as a stream steered to one CPU looks), with max_entries as the agent's
-//! `--max-flows` would set them.
+//! (`BPF_MAP_LOOKUP_BATCH`) + `WindowWriter::flows` per batch, the buffer written every
+//! MiB; `GenerationDrain::finish` + `WindowWriter::finish`), timed per step; then
+//! `FlowMaps::clear_idle` (emptying the drained generation, after the records are
+//! out), timed apart. The flow map is filled from user space (one shared entry per
+//! stream), with max_entries as the agent's `--max-flows` would set them.
 use std::{
     fs,
     io::Write as _,
