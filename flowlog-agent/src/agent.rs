@@ -198,7 +198,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         let extra = None;
         let emitted = emit_window(
             &mut maps,
-            &mut *out,
+            &mut out,
             &mut buf,
             &cfg,
             win_start / 1_000_000_000,
@@ -224,12 +224,21 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         metrics
             .drain_seconds
             .observe(drain_start.elapsed().as_secs_f64());
-        for l in &sink_labels {
-            metrics
-                .records
-                .get_or_create(l)
-                .inc_by(emitted.records as u64);
-            metrics.record_bytes.get_or_create(l).inc_by(emitted.bytes);
+        let failed = out.take_failures();
+        for (i, l) in sink_labels.iter().enumerate() {
+            if failed.contains(&i) {
+                metrics.sink_errors.get_or_create(l).inc();
+                metrics
+                    .sink_undelivered
+                    .get_or_create(l)
+                    .inc_by(emitted.records as u64);
+            } else {
+                metrics
+                    .records
+                    .get_or_create(l)
+                    .inc_by(emitted.records as u64);
+                metrics.record_bytes.get_or_create(l).inc_by(emitted.bytes);
+            }
         }
         metrics.window_streams.set(emitted.streams as i64);
         metrics
@@ -263,7 +272,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 /// named sinks replace it, and the named sinks. Returns them with their names (the
 /// `sink` label of the metrics: `stdout`, `file` for `--output FILE`, or the
 /// `[[sink]]` name).
-async fn open_sinks(cfg: &Config) -> Result<(Box<dyn Sink>, Vec<String>), AgentError> {
+async fn open_sinks(cfg: &Config) -> Result<(sink::FanOut, Vec<String>), AgentError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut names = Vec::new();
     if cfg.sinks.is_empty() || cfg.output_explicit {
@@ -291,12 +300,7 @@ async fn open_sinks(cfg: &Config) -> Result<(Box<dyn Sink>, Vec<String>), AgentE
         sinks.push(opened);
         names.push(s.name.clone());
     }
-    let out: Box<dyn Sink> = if sinks.len() == 1 {
-        sinks.pop().expect("one sink")
-    } else {
-        Box::new(sink::FanOut::new(sinks))
-    };
-    Ok((out, names))
+    Ok((sink::FanOut::new(sinks), names))
 }
 
 fn ifindex_of(cfg: &Config, name: &str) -> Option<u32> {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! GET /metrics   OpenMetrics text (prometheus-client): records and bytes per sink, sink
-//!                errors, windows, drain duration, streams and flow-map fill of the last
+//!                errors and undelivered records, windows, drain duration, streams and flow-map fill of the last
 //!                window, skipped streams/packets/bytes, data-path event counters,
 //!                attached interfaces, active flow logs
 //! GET /healthz   200 while the window loop is alive: the last window was emitted less
@@ -67,6 +67,7 @@ pub struct Metrics {
     pub records: Family<SinkLabels, Counter>,
     pub record_bytes: Family<SinkLabels, Counter>,
     pub sink_errors: Family<SinkLabels, Counter>,
+    pub sink_undelivered: Family<SinkLabels, Counter>,
     pub windows: Counter,
     pub drain_seconds: Histogram,
     pub window_streams: Gauge,
@@ -104,6 +105,7 @@ impl Metrics {
             records: Family::default(),
             record_bytes: Family::default(),
             sink_errors: Family::default(),
+            sink_undelivered: Family::default(),
             windows: Counter::default(),
             drain_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -136,6 +138,11 @@ impl Metrics {
             "sink_errors",
             "Failed writes or flushes, per sink",
             m.sink_errors.clone(),
+        );
+        registry.register(
+            "sink_undelivered_records",
+            "Records of windows in which the sink failed (not all of them reached it)",
+            m.sink_undelivered.clone(),
         );
         registry.register("windows", "Capture windows emitted", m.windows.clone());
         registry.register(

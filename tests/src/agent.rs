@@ -174,6 +174,11 @@ impl Agent {
         }
     }
 
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
     /// Stderr captured so far.
     pub fn stderr(&self) -> String {
         self.shared.lock().unwrap().stderr.clone()

@@ -898,3 +898,101 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
+
+/// A file sink on a full disk (a 64 KiB tmpfs): the agent keeps capturing and keeps
+/// writing stdout exactly; the archive keeps only whole lines and the failures are
+/// logged, per window.
+#[test]
+fn a_full_disk_neither_stops_capture_nor_the_other_sinks() {
+    require_root();
+    let a = Netns::new("full-a");
+    let b = Netns::new("full-b");
+    let v = VethPair::new(&a, &b, "ful", 1);
+    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let dir = std::env::temp_dir().join(format!("flowlog-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "flowlog-test",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mounting a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let archive = dir.join("archive");
+    let config = std::env::temp_dir().join(format!("flowlog-full-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(
+        a.name(),
+        &[
+            "run",
+            "--interface",
+            &v.if_a,
+            "--window",
+            "1s",
+            "--config",
+            config.to_str().unwrap(),
+            "--sink",
+            "archive",
+            "--output",
+            "-",
+        ],
+    );
+    // 300 streams a window for 3 windows: about 100 KiB of records per window.
+    for round in 0..3u16 {
+        for p in 0..300u16 {
+            udp_send(
+                a.name(),
+                v4(v.v4_a, 20000 + round * 1000 + p),
+                v4(v.v4_b, 5001),
+                &[8],
+                None,
+            );
+        }
+        thread::sleep(Duration::from_millis(1000));
+    }
+    assert_eq!(sink.wait_for(900, Duration::from_secs(5)), 900);
+    thread::sleep(Duration::from_millis(1200));
+    assert!(agent.is_running(), "the agent stopped: {}", agent.stderr());
+    let err = agent.stderr();
+    let recs = agent.stop();
+    let _ = std::fs::remove_file(&config);
+    assert!(err.contains("sink failed"), "no failure logged:\n{err}");
+    // stdout: every packet, exactly.
+    let f = Filter::ok()
+        .dir("out")
+        .proto(17)
+        .src(v.v4_a)
+        .dst(v.v4_b)
+        .dport(5001);
+    let (p, bytes, _) = stream(&recs, &f);
+    assert_eq!((p, bytes), (900, 900 * 36));
+    // The archive holds whole lines only.
+    for e in std::fs::read_dir(&archive).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'));
+        for line in text.lines() {
+            Record::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+    }
+}

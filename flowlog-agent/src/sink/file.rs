@@ -60,7 +60,24 @@ struct Part {
     /// Final name once rotated.
     target: PathBuf,
     bytes: u64,
+    /// Length at the end of the last window that reached the disk whole.
+    synced: u64,
     opened: SystemTime,
+}
+
+impl Part {
+    /// After a failed write or flush (a full disk): cut the file back to the last
+    /// whole window and reopen it, so that no half line is ever continued.
+    async fn rewind(&mut self) {
+        let std_file = std::fs::OpenOptions::new().write(true).open(&self.path);
+        if let Ok(f) = std_file {
+            let _ = f.set_len(self.synced);
+        }
+        if let Ok(f) = fs::OpenOptions::new().append(true).open(&self.path).await {
+            self.file = f;
+        }
+        self.bytes = self.synced;
+    }
 }
 
 /// The rotating directory sink.
@@ -202,6 +219,7 @@ impl DirSink {
                 path,
                 target,
                 bytes,
+                synced: bytes,
                 opened: now,
             });
         }
@@ -282,10 +300,10 @@ impl Sink for DirSink {
                 None => lines,
             };
             let part = self.open_part().await.map_err(|e| io_err(&name, e))?;
-            part.file
-                .write_all(lines)
-                .await
-                .map_err(|e| io_err(&name, e))?;
+            if let Err(e) = part.file.write_all(lines).await {
+                part.rewind().await;
+                return Err(io_err(&name, e));
+            }
             part.bytes += lines.len() as u64;
             Ok(())
         })
@@ -302,8 +320,15 @@ impl Sink for DirSink {
             let due = match &mut self.part {
                 None => false,
                 Some(part) => {
-                    part.file.flush().await.map_err(flush_err)?;
-                    part.file.sync_data().await.map_err(flush_err)?;
+                    let synced = match part.file.flush().await {
+                        Ok(()) => part.file.sync_data().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        part.rewind().await;
+                        return Err(flush_err(e));
+                    }
+                    part.synced = part.bytes;
                     part.bytes >= self.settings.rotate_bytes
                         || part.opened.elapsed().unwrap_or_default() >= self.settings.rotate_after
                 }

@@ -219,11 +219,24 @@ impl Sink for TextSink {
     }
 }
 
-/// Several sinks receiving the same records, in order; the first failure stops the
-/// batch and is returned (naming that sink).
+/// The agent's destinations: every record batch goes to each sink in turn. A sink that
+/// fails is logged, skipped for the rest of the window and tried again the next
+/// window, so one broken destination (a full disk) neither stops capture nor the
+/// other sinks; each failure is handed to the agent ([`FanOut::take_failures`]) for
+/// the metrics. A sink whose reader is gone for good (broken pipe) is dropped; only
+/// when every sink is gone does the fan-out fail (there is nowhere left to deliver).
 pub struct FanOut {
-    pub sinks: Vec<Box<dyn Sink>>,
+    members: Vec<Member>,
+    failures: Vec<usize>,
     name: String,
+}
+
+struct Member {
+    sink: Box<dyn Sink>,
+    /// Failed during the current window: skipped until the next one.
+    failed: bool,
+    /// Gone for good.
+    closed: bool,
 }
 
 impl FanOut {
@@ -233,34 +246,89 @@ impl FanOut {
             .map(|s| s.describe().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        FanOut { sinks, name }
+        FanOut {
+            members: sinks
+                .into_iter()
+                .map(|sink| Member {
+                    sink,
+                    failed: false,
+                    closed: false,
+                })
+                .collect(),
+            failures: Vec::new(),
+            name,
+        }
     }
+
+    /// Positions (in the order given to [`FanOut::new`]) of the sinks that failed
+    /// since the last call, once per sink and window.
+    pub fn take_failures(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.failures)
+    }
+
+    fn record(&mut self, i: usize, e: SinkError) -> Option<SinkError> {
+        let m = &mut self.members[i];
+        let name = m.sink.describe().to_string();
+        if !m.failed {
+            self.failures.push(i);
+        }
+        m.failed = true;
+        if e.is_closed() {
+            m.closed = true;
+            tracing::error!(sink = %name, error = %e, "sink gone: no more records go there");
+        } else {
+            tracing::error!(sink = %name, error = %e, "sink failed: this window's records did not all reach it; retrying next window");
+        }
+        if self.members.iter().all(|m| m.closed) {
+            Some(e)
+        } else {
+            None
+        }
+    }
+
+    async fn each(&mut self, op: Op<'_>) -> Result<(), SinkError> {
+        for i in 0..self.members.len() {
+            if self.members[i].failed || self.members[i].closed {
+                continue;
+            }
+            let sink = &mut self.members[i].sink;
+            let result = match op {
+                Op::Write(lines) => sink.write_batch(lines).await,
+                Op::Flush => sink.flush().await,
+                Op::Close => sink.close().await,
+            };
+            if let Err(e) = result {
+                if let Some(fatal) = self.record(i, e) {
+                    return Err(fatal);
+                }
+            }
+        }
+        if !matches!(op, Op::Write(_)) {
+            // End of a window: sinks that failed in it are tried again next time.
+            for m in &mut self.members {
+                m.failed = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Write(&'a [u8]),
+    Flush,
+    Close,
 }
 
 impl Sink for FanOut {
     fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
-        Box::pin(async move {
-            for s in &mut self.sinks {
-                s.write_batch(lines).await?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { self.each(Op::Write(lines)).await })
     }
     fn flush(&mut self) -> SinkFuture<'_> {
-        Box::pin(async move {
-            for s in &mut self.sinks {
-                s.flush().await?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { self.each(Op::Flush).await })
     }
     fn close(&mut self) -> SinkFuture<'_> {
-        Box::pin(async move {
-            for s in &mut self.sinks {
-                s.close().await?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { self.each(Op::Close).await })
     }
     fn describe(&self) -> &str {
         &self.name
@@ -375,6 +443,91 @@ mod tests {
         assert!(matches!(&e, SinkError::Open { path, .. } if *path == missing));
         assert!(e.to_string().starts_with("cannot open output file "), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A sink that fails while `fail` is set (shared with the test).
+    struct Flaky {
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        kind: io::ErrorKind,
+        got: Vec<u8>,
+    }
+
+    impl Sink for Flaky {
+        fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
+            Box::pin(async move {
+                if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(if self.kind == io::ErrorKind::BrokenPipe {
+                        SinkError::Closed {
+                            sink: "flaky".into(),
+                        }
+                    } else {
+                        SinkError::Write {
+                            sink: "flaky".into(),
+                            source: self.kind.into(),
+                        }
+                    });
+                }
+                self.got.extend_from_slice(lines);
+                Ok(())
+            })
+        }
+        fn flush(&mut self) -> SinkFuture<'_> {
+            Box::pin(async { Ok(()) })
+        }
+        fn describe(&self) -> &str {
+            "flaky"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_neither_stops_the_others_nor_the_agent() {
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flaky = Flaky {
+            fail: fail.clone(),
+            kind: io::ErrorKind::StorageFull,
+            got: Vec::new(),
+        };
+        let mut out = FanOut::new(vec![
+            Box::new(flaky),
+            Box::new(WriterSink::new(Vec::new(), "memory")),
+        ]);
+        out.write_batch(b"w1\n").await.unwrap();
+        out.flush().await.unwrap();
+        assert!(out.take_failures().is_empty());
+        // Window 2: the first sink fails on its first batch; it is skipped for the
+        // rest of the window, reported once, and the other sink gets everything.
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        out.write_batch(b"w2a\n").await.unwrap();
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        out.write_batch(b"w2b\n").await.unwrap();
+        out.flush().await.unwrap();
+        assert_eq!(out.take_failures(), [0]);
+        // Window 3: tried again.
+        out.write_batch(b"w3\n").await.unwrap();
+        out.flush().await.unwrap();
+        assert!(out.take_failures().is_empty());
+        assert_eq!(out.describe(), "flaky, memory");
+    }
+
+    #[tokio::test]
+    async fn only_when_every_sink_is_gone_does_the_fan_out_fail() {
+        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mk = || Flaky {
+            fail: gone.clone(),
+            kind: io::ErrorKind::BrokenPipe,
+            got: Vec::new(),
+        };
+        let mut out = FanOut::new(vec![Box::new(mk()), Box::new(mk())]);
+        let e = out.write_batch(b"x\n").await.unwrap_err();
+        assert!(e.is_closed(), "{e}");
+        let mut one = FanOut::new(vec![
+            Box::new(mk()),
+            Box::new(WriterSink::new(Vec::new(), "memory")),
+        ]);
+        one.write_batch(b"x\n").await.unwrap();
+        one.flush().await.unwrap();
+        one.write_batch(b"y\n").await.unwrap(); // the gone sink is not tried again
+        assert_eq!(one.take_failures(), [0]);
     }
 
     #[tokio::test]
