@@ -427,7 +427,8 @@ async fn emit_window(
 ) -> Result<Emitted, AgentError> {
     let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, mono_to_unix_offset()?)
         .with_filter(cfg.transfer_type)
-        .with_format(cfg.record_format);
+        .with_format(cfg.record_format)
+        .with_agent_id(&cfg.agent_id);
     if let Some(extra) = extra {
         w = w.with_extra(extra);
     }
@@ -478,6 +479,8 @@ pub struct WindowWriter<'a> {
     format: RecordFormat,
     /// Appends fields beyond the base record to an OK record's line (pod metadata).
     extra: Option<&'a ExtraFields<'a>>,
+    /// This agent's part of `record-id` (extended format).
+    agent_id: &'a str,
     /// Records rendered so far.
     pub records: usize,
 }
@@ -508,8 +511,15 @@ impl<'a> WindowWriter<'a> {
             transfer_type: TransferType::All,
             format: RecordFormat::Base,
             extra: None,
+            agent_id: "-",
             records: 0,
         }
+    }
+
+    /// The agent id of record ids (extended format).
+    pub fn with_agent_id(mut self, agent_id: &'a str) -> Self {
+        self.agent_id = agent_id;
+        self
     }
 
     /// Fields appended to every OK record (pod metadata on Kubernetes).
@@ -553,14 +563,17 @@ impl<'a> WindowWriter<'a> {
             } else {
                 self.end_s
             };
-            Record::Flow {
+            let record = Record::Flow {
                 meta: &self.interfaces[i].meta,
                 key: *key,
                 stats: *stats,
                 start,
                 end,
+            };
+            record.write_json_as(out, self.format);
+            if self.format == RecordFormat::Extended {
+                record.push_record_id(out, self.agent_id);
             }
-            .write_json_as(out, self.format);
             if let Some(extra) = self.extra {
                 extra(out, key);
             }
@@ -579,19 +592,23 @@ impl<'a> WindowWriter<'a> {
         }
         for (i, iface) in self.interfaces.iter().enumerate() {
             let (meta, start, end) = (&iface.meta, self.start_s, self.end_s);
-            if let Some(skipped) = skips[i] {
+            let record = if let Some(skipped) = skips[i] {
                 Record::SkipData {
                     meta,
                     start,
                     end,
                     skipped,
                 }
-                .write_json(out);
-                self.records += 1;
             } else if !self.active[i] {
-                Record::NoData { meta, start, end }.write_json(out);
-                self.records += 1;
+                Record::NoData { meta, start, end }
+            } else {
+                continue;
+            };
+            record.write_json_as(out, self.format);
+            if self.format == RecordFormat::Extended {
+                record.push_record_id(out, self.agent_id);
             }
+            self.records += 1;
         }
         if self.unknown > 0 {
             warn!(

@@ -22,7 +22,8 @@
 //! output = "-"           # "-" = stdout, or a file path (records appended)
 //! policy = "policy.toml" # security policy (rule sets), reloaded on SIGHUP
 //! transfer_type = "all"  # all | allow (ACCEPT records only) | reject (REJECT only)
-//! record_format = "base" # base | extended (adds rule-id)
+//! record_format = "base" # base | extended (adds rule-id and record-id)
+//! agent_id = "gw-1"      # this agent in record ids (default: the host name)
 //! metrics_address = ":9464" # /metrics, /healthz, /readyz on 127.0.0.1:9464 (default off)
 //! [kubernetes]           # pod metadata in records (feature `kubernetes`)
 //! mode = "auto"          # auto (in a cluster or with kubeconfig) | on | off
@@ -175,6 +176,9 @@ pub struct RunArgs {
     /// instead of --output unless that is given too).
     #[arg(long = "sink", value_name = "NAME")]
     pub sinks: Vec<String>,
+    /// This agent's id in record ids (--record-format extended) [default: host name]
+    #[arg(long, value_name = "ID")]
+    pub agent_id: Option<String>,
 }
 
 /// One `[[sink]]` of the config file.
@@ -341,6 +345,7 @@ pub struct FileConfig {
     /// Sinks (by name) of the records of `flowlog run`.
     #[serde(default)]
     pub sinks: Vec<String>,
+    pub agent_id: Option<String>,
     #[serde(default, rename = "sink")]
     pub sink_defs: Vec<FileSink>,
     #[serde(default)]
@@ -396,6 +401,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// `output` was set (flag or file), so it receives records even with sinks.
     pub output_explicit: bool,
+    /// This agent's part of record ids (`--agent-id`, `agent_id`, else the host name).
+    pub agent_id: String,
 }
 
 /// One interface to capture on.
@@ -595,6 +602,13 @@ impl Config {
         };
         let sinks = select_sinks(args, &file)?;
         let output_explicit = args.output.is_some() || file.output.is_some();
+        let agent_id = args
+            .agent_id
+            .clone()
+            .or_else(|| file.agent_id.clone())
+            .filter(|id| !id.is_empty())
+            .or_else(hostname)
+            .unwrap_or_else(|| "-".into());
 
         let mut pending: Vec<Pending> = Vec::new();
         for entry in file.interfaces {
@@ -730,6 +744,7 @@ impl Config {
             kubernetes,
             sinks,
             output_explicit,
+            agent_id,
         })
     }
 }

@@ -140,6 +140,55 @@ impl Record<'_> {
         }
     }
 
+    /// A stable id of this record: FNV-1a (64 bit) over the agent id, `eni-id`,
+    /// `start`, `end`, `log-status` and, for streams, the stream key (type, protocol,
+    /// addresses, ports, direction, action). The same record sent twice has the same
+    /// id (consumers deduplicate on it); records of different streams, interfaces,
+    /// windows or agents differ.
+    pub fn record_id(&self, agent_id: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes.iter().chain([&0xffu8]) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        let (start, end) = match self {
+            Record::Flow { start, end, .. }
+            | Record::NoData { start, end, .. }
+            | Record::SkipData { start, end, .. } => (*start, *end),
+        };
+        eat(agent_id.as_bytes());
+        eat(self.meta().eni_id.as_bytes());
+        eat(&start.to_le_bytes());
+        eat(&end.to_le_bytes());
+        eat(&[self.log_status() as u8]);
+        if let Record::Flow { key, .. } = self {
+            eat(&[
+                key.family,
+                key.protocol,
+                key.direction,
+                key.action,
+                key.flags,
+            ]);
+            eat(&key.src_addr);
+            eat(&key.dst_addr);
+            eat(&key.src_port.to_le_bytes());
+            eat(&key.dst_port.to_le_bytes());
+        }
+        h
+    }
+
+    /// Appends `"record-id":"<16 hex digits>"` to the record line just written (which
+    /// ends in `}\n`).
+    pub fn push_record_id(&self, out: &mut Vec<u8>, agent_id: &str) {
+        debug_assert!(out.ends_with(b"}\n"));
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(
+            format!(",\"record-id\":\"{:016x}\"}}\n", self.record_id(agent_id)).as_bytes(),
+        );
+    }
+
     /// Appends the record as one JSON object line, including the trailing `'\n'`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         self.write_json_as(out, RecordFormat::Base)
@@ -563,6 +612,59 @@ mod tests {
         let l = line(&r);
         assert!(l.contains(r#""srcaddr":"2001:db8::ffff:102:304","#), "{l}");
         assert!(l.contains(r#""dstaddr":"::1","#), "{l}");
+    }
+
+    #[test]
+    fn record_ids_are_stable_and_tell_records_apart() {
+        let m = meta("eth0");
+        let m2 = meta("eth1");
+        let key = v4_key(
+            Ipv4Addr::new(10, 0, 0, 1),
+            40000,
+            Ipv4Addr::new(10, 0, 0, 2),
+            80,
+        );
+        let flow = |meta, key, start, end| Record::Flow {
+            meta,
+            key,
+            stats: stats(3, 300, 0),
+            start,
+            end,
+        };
+        let a = flow(&m, key, 100, 160);
+        assert_eq!(a.record_id("gw"), a.record_id("gw"), "stable");
+        // Counters are not part of the identity: a re-sent record keeps its id.
+        let mut same = a;
+        if let Record::Flow { stats: s, .. } = &mut same {
+            s.packets = 99;
+        }
+        assert_eq!(same.record_id("gw"), a.record_id("gw"));
+        let mut other_port = key;
+        other_port.src_port = 40001;
+        let mut reply = key;
+        reply.direction ^= 1;
+        let ids = [
+            a.record_id("gw"),
+            a.record_id("gw2"),
+            flow(&m2, key, 100, 160).record_id("gw"),
+            flow(&m, key, 160, 220).record_id("gw"),
+            flow(&m, other_port, 100, 160).record_id("gw"),
+            flow(&m, reply, 100, 160).record_id("gw"),
+            Record::NoData {
+                meta: &m,
+                start: 100,
+                end: 160,
+            }
+            .record_id("gw"),
+        ];
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:x?}");
+        let mut out = Vec::new();
+        a.write_json_as(&mut out, RecordFormat::Extended);
+        a.push_record_id(&mut out, "gw");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["record-id"], format!("{:016x}", a.record_id("gw")));
+        assert!(out.ends_with(b"\"}\n"));
     }
 
     #[test]

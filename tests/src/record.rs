@@ -309,10 +309,28 @@ pub fn validate_record_shape(r: &Record) {
     }
 }
 
-/// [`validate_record_shape`] for `--record-format extended`: OK records carry one more
-/// field, `rule-id`, last, holding a rule id, `default`, `tracked` or `-`; NODATA and
-/// SKIPDATA records keep the base shape.
+/// [`validate_record_shape`] for `--record-format extended`: every record ends with
+/// `record-id` (16 lowercase hex digits); before it, OK records carry `rule-id`, holding
+/// a rule id, `default`, `tracked` or `-`; NODATA and SKIPDATA records keep the base
+/// shape.
 pub fn validate_extended_record_shape(r: &Record) {
+    let (last, id) = r
+        .fields
+        .last()
+        .unwrap_or_else(|| panic!("empty record: {r}"));
+    assert_eq!(last, "record-id", "record-id is not the last field: {r}");
+    let id = id.as_str().unwrap_or_default();
+    assert!(
+        id.len() == 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "record-id {id:?} is not 16 hex digits: {r}"
+    );
+    let r = &Record {
+        fields: r.fields[..r.fields.len() - 1].to_vec(),
+        raw: r.raw.clone(),
+    };
     if r.get("log-status") != Some("OK") {
         assert!(
             r.get("rule-id").is_none(),
@@ -325,7 +343,10 @@ pub fn validate_extended_record_shape(r: &Record) {
         .fields
         .last()
         .unwrap_or_else(|| panic!("empty record: {r}"));
-    assert_eq!(last, "rule-id", "rule-id is not the last field: {r}");
+    assert_eq!(
+        last, "rule-id",
+        "rule-id is not the last field before record-id: {r}"
+    );
     let id = r.rule_id();
     assert!(
         matches!(id, "default" | "tracked" | "-") || id.parse::<u32>().is_ok(),

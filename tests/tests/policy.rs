@@ -70,9 +70,16 @@ fn dump(records: &[Record]) -> String {
         .join("\n")
 }
 
+/// Every record has the extended shape, and no two records of a run share a
+/// record-id.
 fn check_shapes(records: &[Record]) {
+    let mut ids = std::collections::BTreeSet::new();
     for r in records {
         validate_extended_record_shape(r);
+        assert!(
+            ids.insert(r.field("record-id").to_string()),
+            "record-id twice: {r}"
+        );
     }
 }
 
