@@ -753,6 +753,18 @@ fn stalled_agent_loses_nothing_and_says_what_its_records_cover() {
     assert_detached(a.name(), &v.if_a);
 }
 
+/// The records of a sink's file `name`, which must hold whole JSON records only (no cut
+/// last line).
+fn whole_records(name: &str, text: &str) -> Vec<Record> {
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{name}: partial line"
+    );
+    text.lines()
+        .map(|line| Record::parse(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}")))
+        .collect()
+}
+
 /// A `[[sink]]` of type file, rotated every ~4 KiB, while paced traffic flows over
 /// 1 s windows and a reader keeps reading the finished files: every line the reader
 /// ever sees is a whole record, the run leaves no `.part` file, and the records in the
@@ -811,13 +823,7 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
                     let Ok(text) = std::fs::read_to_string(e.path()) else {
                         continue; // renamed or pruned meanwhile
                     };
-                    assert!(
-                        text.is_empty() || text.ends_with('\n'),
-                        "{name}: partial line"
-                    );
-                    for line in text.lines() {
-                        Record::parse(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
-                    }
+                    whole_records(&name, &text);
                     reads += 1;
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -860,12 +866,10 @@ fn file_sink_rotates_and_readers_never_see_a_partial_line() {
         "expected rotation into several files: {files:?}"
     );
     assert!(reads > 0, "the reader never read a finished file");
-    let mut recs = Vec::new();
-    for f in &files {
-        for line in std::fs::read_to_string(dir.join(f)).unwrap().lines() {
-            recs.push(Record::parse(line).unwrap());
-        }
-    }
+    let recs: Vec<Record> = files
+        .iter()
+        .flat_map(|f| whole_records(f, &std::fs::read_to_string(dir.join(f)).unwrap()))
+        .collect();
     let f = Filter::ok()
         .dir("out")
         .proto(17)
@@ -989,10 +993,10 @@ fn a_full_disk_neither_stops_capture_nor_the_other_sinks() {
     assert_eq!((p, bytes), (900, 900 * 36));
     // The archive holds whole lines only.
     for e in std::fs::read_dir(&archive).unwrap() {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-        assert!(text.is_empty() || text.ends_with('\n'));
-        for line in text.lines() {
-            Record::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        }
+        let path = e.unwrap().path();
+        whole_records(
+            &path.display().to_string(),
+            &std::fs::read_to_string(&path).unwrap(),
+        );
     }
 }
