@@ -358,27 +358,6 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
 
-    impl FlowStats {
-        /// Folds another CPU's counters for the same stream into `self`.
-        pub fn merge(&mut self, other: &FlowStats) {
-            if other.packets == 0 {
-                return;
-            }
-            if self.packets == 0 || (other.first_ns != 0 && other.first_ns < self.first_ns) {
-                self.first_ns = other.first_ns;
-            }
-            self.packets += other.packets;
-            self.bytes += other.bytes;
-            self.tcp_flags |= other.tcp_flags;
-            self.closed |= other.closed;
-            // The rule of the latest packet across CPUs.
-            if other.last_ns >= self.last_ns {
-                self.rule_id = other.rule_id;
-            }
-            self.last_ns = self.last_ns.max(other.last_ns);
-        }
-    }
-
     impl SkipStats {
         pub fn merge(&mut self, other: &SkipStats) {
             self.streams += other.streams;
@@ -413,42 +392,6 @@ mod user {
     #[cfg(test)]
     mod tests {
         use super::*;
-
-        #[test]
-        fn merge_takes_earliest_first_and_latest_last() {
-            let mut a = FlowStats {
-                packets: 2,
-                bytes: 200,
-                first_ns: 50,
-                last_ns: 60,
-                tcp_flags: 2,
-                closed: 0,
-                _pad: [0; 2],
-                rule_id: 0,
-            };
-            let b = FlowStats {
-                packets: 3,
-                bytes: 300,
-                first_ns: 40,
-                last_ns: 55,
-                tcp_flags: 16,
-                closed: 1,
-                _pad: [0; 2],
-                rule_id: 0,
-            };
-            a.merge(&b);
-            assert_eq!(
-                (a.packets, a.bytes, a.first_ns, a.last_ns),
-                (5, 500, 40, 60)
-            );
-            assert_eq!((a.tcp_flags, a.closed), (18, 1));
-            // An idle CPU (all zero) changes nothing.
-            a.merge(&FlowStats::default());
-            assert_eq!((a.packets, a.first_ns), (5, 40));
-            let mut empty = FlowStats::default();
-            empty.merge(&b);
-            assert_eq!(empty, b);
-        }
 
         #[test]
         fn addrs_by_family() {
