@@ -30,12 +30,27 @@ impl Sandbox {
 
     /// Run the copied `flowlog` with an empty PATH.
     fn flowlog(&self, args: &[&str]) -> Output {
-        Command::new(self.0.join("flowlog"))
-            .args(args)
-            .env("PATH", "")
-            .output()
-            .unwrap()
+        output(
+            Command::new(self.0.join("flowlog"))
+                .args(args)
+                .env("PATH", ""),
+        )
     }
+}
+
+/// `cmd.output()`, retried while exec fails with ETXTBSY: a file this test process just
+/// wrote (the copied binary, a script) can still be open for writing in a child that
+/// another test thread forked meanwhile, until that child execs.
+fn output(cmd: &mut Command) -> Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{cmd:?}: executable still busy after 2 s")
 }
 
 impl Drop for Sandbox {
@@ -99,12 +114,12 @@ fn query_and_report_hand_every_argument_to_flowlog_query() {
         "flowlog-query",
         "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>\\n' \"$a\"; done\n/bin/cat\nexit 3\n",
     );
-    let out = Command::new(sb.0.join("flowlog"))
-        .args(["query", "--logs", "a b", "--help", "-", "* | select 1"])
-        .env("PATH", "")
-        .stdin(fs::File::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli.rs")).unwrap())
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(sb.0.join("flowlog"))
+            .args(["query", "--logs", "a b", "--help", "-", "* | select 1"])
+            .env("PATH", "")
+            .stdin(fs::File::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli.rs")).unwrap()),
+    );
     assert_eq!(out.status.code(), Some(3));
     let got = text(&out.stdout);
     let mut lines = got.lines();
