@@ -1,41 +1,57 @@
 //! `flowlog run`: the agent loop.
 //!
 //! ```text
-//!  load + verify programs ─▶ attach (TCX/clsact, XDP) ─▶ "collecting"
-//!        ┌──────────────────────────────────────────────────────────────┐
-//!        ▼                                                              │
-//!  sleep until the next wall-clock boundary (or SIGINT/SIGTERM: now)    │
-//!        ▼                                                              │
-//!  FlowMaps::switch_and_drain  (generation flip + RCU grace period)     │
-//!        ▼                                                              │
-//!  records: OK per stream, SKIPDATA per interface that overflowed,      │
-//!           NODATA per interface without traffic ─▶ sink ───────────────┘
+//!  load + verify programs ─▶ [paths] ─▶ flow logs (CLI, config, saved) ─▶ link table
+//!        ┌──────────────────────────────────────────────────────────────────────┐
+//!        ▼                                                                      │
+//!  wait: next capture tick │ link event │ control request │ SIGHUP │ SIGINT/TERM │
+//!        ▼                                                                      │
+//!  tick: FlowMaps::switch (generation flip + RCU grace period), drain once,     │
+//!        each stream to the instances covering its interface                    │
+//!        (instance::schedule): records of the instances whose window ends ──▶ sinks
+//!  link event: dump links, reconcile members and attachments (instance::scope)  │
+//!  request: create/start/stop/delete/list/describe (instance::control) ─────────┘
 //! ```
-//! On a signal the partial window is emitted with `end` = stop time, then the links
-//! are dropped (detaching every program) and the process exits 0. A switch that
-//! happens late (a stalled agent) emits records whose `end` is the switch time: they
-//! say honestly that they cover more than one window.
+//! The kernel captures at one tick, the gcd of the active instances' windows; each
+//! instance gets records at its own window. Stopping an instance (or the agent)
+//! drains at once and emits its partial window with `end` = now. A switch that happens
+//! late (a stalled agent) emits records whose `end` is the switch time: they say
+//! honestly that they cover more than one window.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use flowlog_common::{action, counter, FlowKey, FlowStats, SkipStats};
-use tokio::signal::unix::{signal, SignalKind};
+use aya::Ebpf;
+use flowlog_common::{counter, FlowKey, IfaceConf, SkipStats};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, Mutex},
+};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{check_policy_interfaces, Config, InterfaceConfig, SinkKind, TransferType},
+    config::{Config, InterfaceConfig, Output, SinkConfig, SinkKind, TransferType},
     drain::{DrainError, Drained, FlowMaps},
-    loader::{self, LoadError},
+    instance::{
+        control::{self, ControlError, Pending, Request, Response, Status},
+        registry::{Origin, Registry, RegistryError, StateError},
+        schedule::{self, InstanceWindow, Member, Render},
+        scope::{self, LinkWatcher, Links, ScopeError},
+        Checks, FlowLogFile, FlowLogSpec, InstanceError, IpVersion, Resource, VSwitch,
+    },
+    loader::{self, IfaceLinks, LoadError},
     metrics::{Metrics, MetricsError, SinkLabels},
+    paths::{PathsError, SelectMaps},
     policy::{ApplyError, Policy, PolicyMaps},
     privilege::{self, PrivilegeError},
-    record::{Record, RecordFormat},
-    sink::{self, Sink, SinkError},
+    record::InterfaceMeta,
+    sink::{self, Sink, SinkError, SinkFuture},
     window,
 };
+
+pub use crate::instance::schedule::ExtraFields;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -53,6 +69,8 @@ pub enum AgentError {
     Drain(#[from] DrainError),
     #[error("installing the policy: {0}")]
     Policy(#[from] ApplyError),
+    #[error("installing [paths]: {0}")]
+    Paths(#[from] PathsError),
     #[error("writing records: {0}")]
     Sink(#[from] SinkError),
     #[error("installing signal handlers: {0}")]
@@ -61,6 +79,18 @@ pub enum AgentError {
     Clock(#[source] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("flow log {name:?}: {source}")]
+    FlowLog {
+        name: String,
+        #[source]
+        source: InstanceError,
+    },
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::KubeError),
@@ -103,6 +133,47 @@ fn mono_to_unix_offset() -> Result<i128, AgentError> {
     Ok(unix as i128 - mono as i128)
 }
 
+/// Name of the implicit instance of `flowlog run --interface`.
+pub const CLI_INSTANCE: &str = "cli";
+
+/// A named sink shared by every instance that names it (one file directory, one
+/// connection), used by one instance at a time.
+struct SharedSink {
+    name: String,
+    inner: Arc<Mutex<Box<dyn Sink>>>,
+}
+
+impl Sink for SharedSink {
+    fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
+        Box::pin(async move { self.inner.lock().await.write_batch(lines).await })
+    }
+    fn flush(&mut self) -> SinkFuture<'_> {
+        Box::pin(async move { self.inner.lock().await.flush().await })
+    }
+    fn close(&mut self) -> SinkFuture<'_> {
+        // Other instances may still use it: the agent closes shared sinks at exit.
+        self.flush()
+    }
+    fn describe(&self) -> &str {
+        &self.name
+    }
+}
+
+/// An active instance.
+struct Running {
+    spec: FlowLogSpec,
+    window: InstanceWindow,
+    out: sink::FanOut,
+    labels: Vec<SinkLabels>,
+    buf: Vec<u8>,
+    /// Agent id (and flow log name) in record ids.
+    id_scope: String,
+    /// Bytes rendered into `buf` since the last window (for metrics).
+    bytes: u64,
+    /// `window.records` already counted in the metrics.
+    reported: u64,
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
@@ -112,79 +183,536 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     let mut ebpf = loader::load(&cfg)?;
     spawn_kernel_logs(&mut ebpf);
-    let mut policy_maps = PolicyMaps::take(&mut ebpf)?;
-    if let Some((path, policy)) = &cfg.policy {
-        policy_maps.apply(policy, |name| ifindex_of(&cfg, name))?;
+    let policy_maps = PolicyMaps::take(&mut ebpf)?;
+    let mut select = SelectMaps::take(&mut ebpf)?;
+    if let Some(paths) = &cfg.paths {
+        select.install(paths)?;
+        info!(
+            rules = paths.rules().len(),
+            "traffic_path classification installed"
+        );
+    }
+    let maps = FlowMaps::take(&mut ebpf)?;
+    let watcher = LinkWatcher::start()?;
+    let links = watcher.dump().await?;
+    let (control_server, control_rx) = match &cfg.socket {
+        Some(path) => {
+            let (server, rx) = control::serve(path, cfg.socket_group.as_deref()).await?;
+            info!(socket = %path.display(), "control socket");
+            (Some(server), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut agent = Agent {
+        cfg: &cfg,
+        ebpf,
+        maps,
+        select,
+        policy_maps,
+        policy: cfg.policy.as_ref().map(|(_, p)| p.clone()),
+        links,
+        attached: BTreeMap::new(),
+        registry: Registry::new(cfg.max_flow_logs, cfg.state_dir.clone()),
+        running: BTreeMap::new(),
+        shared: HashMap::new(),
+        metrics: Arc::clone(&metrics),
+        tick: cfg.window,
+        #[cfg(feature = "kubernetes")]
+        pods: match &cfg.kubernetes {
+            Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
+            None => None,
+        },
+    };
+    agent.declare()?;
+    if let (Some((path, _)), Some(policy)) = (&cfg.policy, agent.policy.clone()) {
+        agent.apply_policy(&policy)?;
         info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy installed");
     }
-    let mut maps = FlowMaps::take(&mut ebpf)?;
-    let attachments = loader::attach(&mut ebpf, &cfg)?;
-    let (mut out, sink_names) = open_sinks(&cfg).await?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
-
-    for (iface, hooks) in &attachments.hooks {
-        info!(interface = %iface, hooks = %hooks, "attached");
-    }
-    metrics
-        .attached_interfaces
-        .set(attachments.hooks.len() as i64);
-    metrics.active_flow_logs.set(1);
-    metrics.flow_map_capacity.set(i64::from(cfg.max_flows));
-    let sink_labels: Vec<SinkLabels> = sink_names
-        .into_iter()
-        .map(|sink| SinkLabels { sink })
+    let now = unix_now_ns()?;
+    let names: Vec<String> = agent
+        .registry
+        .entries()
+        .iter()
+        .filter(|e| e.active)
+        .map(|e| e.spec.name.clone())
         .collect();
-    #[cfg(feature = "kubernetes")]
-    let pod_watcher = match &cfg.kubernetes {
-        Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
-        None => None,
-    };
-    metrics.set_ready(cfg.window);
-    info!(
-        window = %window::format_window(cfg.window),
-        interfaces = cfg.interfaces.len(),
-        max_flows = cfg.max_flows,
-        "collecting"
-    );
+    for name in names {
+        agent.start_running(&name, now).await?;
+    }
+    agent.reconcile(now);
+    let result = agent.main_loop(watcher, control_rx).await;
+    agent.shutdown().await;
+    drop(control_server);
+    result
+}
 
-    let mut win_start = unix_now_ns()?;
-    let mut last_counters = maps.counters()?;
-    let mut buf = Vec::with_capacity(1 << 16);
-    loop {
-        let now = unix_now_ns()?;
-        let boundary = window::next_boundary(now, cfg.window);
-        let wait = Duration::from_nanos(boundary.saturating_sub(now));
-        let deadline = tokio::time::Instant::from_std(Instant::now() + wait);
-        let stop = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break false,
-                _ = sigint.recv() => break true,
-                _ = sigterm.recv() => break true,
-                _ = sighup.recv() => reload_policy(&cfg, &mut policy_maps),
+struct Agent<'c> {
+    cfg: &'c Config,
+    ebpf: Ebpf,
+    maps: FlowMaps,
+    select: SelectMaps,
+    policy_maps: PolicyMaps,
+    /// The policy in force (the file's, or the last good reload).
+    policy: Option<Policy>,
+    links: Links,
+    attached: BTreeMap<u32, IfaceLinks>,
+    registry: Registry,
+    running: BTreeMap<String, Running>,
+    shared: HashMap<String, Arc<Mutex<Box<dyn Sink>>>>,
+    metrics: Arc<Metrics>,
+    /// The kernel's capture tick: the gcd of the running instances' windows.
+    tick: Duration,
+    #[cfg(feature = "kubernetes")]
+    pods: Option<crate::kubernetes::PodWatcher>,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Agent<'_> {
+    fn checks_lenient(&self) -> (Vec<String>, bool) {
+        (
+            self.cfg.sink_defs.iter().map(|d| d.name.clone()).collect(),
+            self.cfg.paths.is_some(),
+        )
+    }
+
+    /// The implicit instance, `[[flow_log]]`, and the saved instances.
+    fn declare(&mut self) -> Result<(), AgentError> {
+        let cfg = self.cfg;
+        let flow_log_err = |name: &str, source| AgentError::FlowLog {
+            name: name.to_owned(),
+            source,
+        };
+        if !cfg.interfaces.is_empty() {
+            let spec = FlowLogSpec {
+                name: CLI_INSTANCE.to_owned(),
+                description: "flowlog run --interface".to_owned(),
+                resource: Resource::Eni(cfg.interfaces.iter().map(|i| i.name.clone()).collect()),
+                window: cfg.window,
+                transfer_type: cfg.transfer_type,
+                ip_version: IpVersion::DualStack,
+                paths: None,
+                output: None,
+                sinks: Vec::new(),
+            };
+            self.registry
+                .declare(spec, true, Origin::Cli)
+                .map_err(|e| flow_log_err(CLI_INSTANCE, e))?;
+        }
+        let (sinks, paths_configured) = self.checks_lenient();
+        let checks = Checks {
+            interface_exists: None,
+            bridge_exists: &|_| true,
+            paths_configured,
+            sinks: &sinks,
+        };
+        for f in &cfg.flow_logs {
+            let (spec, active) =
+                FlowLogSpec::validate(f, &checks).map_err(|e| flow_log_err(&f.name, e))?;
+            self.registry
+                .declare(spec, active, Origin::Config)
+                .map_err(|e| flow_log_err(&f.name, e))?;
+        }
+        let state = self.registry.load_state()?;
+        for f in &state.flow_logs {
+            match FlowLogSpec::validate(f, &checks) {
+                Ok((spec, active)) => {
+                    if let Err(e) = self.registry.restore(spec, active) {
+                        error!(flow_log = %f.name, error = %e, "saved flow log not restored");
+                    }
+                }
+                Err(e) => error!(flow_log = %f.name, error = %e, "saved flow log not restored"),
+            }
+        }
+        self.registry.apply_stops(&state.stopped);
+        Ok(())
+    }
+
+    async fn main_loop(
+        &mut self,
+        mut watcher: LinkWatcher,
+        mut control_rx: Option<mpsc::Receiver<Pending>>,
+    ) -> Result<(), AgentError> {
+        let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+        self.metrics.set_ready(self.tick);
+        info!(
+            tick = %window::format_window(self.tick),
+            flow_logs = self.running.len(),
+            interfaces = self.attached.len(),
+            max_flows = self.cfg.max_flows,
+            "collecting"
+        );
+        let mut last_counters = self.maps.counters()?;
+        loop {
+            let now = unix_now_ns()?;
+            let tick_end = window::next_boundary(now, self.tick);
+            let wait = Duration::from_nanos(tick_end.saturating_sub(now));
+            let deadline = tokio::time::Instant::from_std(Instant::now() + wait);
+            enum Wake {
+                Tick,
+                Stop,
+                Hup,
+                Links,
+                Request(Box<Pending>),
+            }
+            let wake = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => Wake::Tick,
+                _ = sigint.recv() => Wake::Stop,
+                _ = sigterm.recv() => Wake::Stop,
+                _ = sighup.recv() => Wake::Hup,
+                _ = watcher.changed() => Wake::Links,
+                Some(p) = async { match control_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => Wake::Request(Box::new(p)),
+            };
+            match wake {
+                Wake::Tick => {
+                    // The switch happens now: normally within milliseconds of the
+                    // boundary, but later if the agent was stalled (SIGSTOP, an
+                    // overloaded node). The records then cover up to now, and say so.
+                    let switched = unix_now_ns()?;
+                    if switched >= tick_end + self.tick.as_nanos() as u64 {
+                        warn!(
+                            late_s = (switched - tick_end) / 1_000_000_000,
+                            "window switch late (agent stalled): these records cover more than one window"
+                        );
+                    }
+                    self.drain(tick_end, switched, Due::Boundary).await?;
+                    let counters = self.maps.counters()?;
+                    report_counters(&last_counters, &counters);
+                    self.metrics.add_datapath(&last_counters, &counters);
+                    last_counters = counters;
+                    self.metrics.window_done();
+                }
+                Wake::Stop => {
+                    let now = unix_now_ns()?;
+                    self.drain(now, now, Due::All).await?;
+                    let counters = self.maps.counters()?;
+                    report_counters(&last_counters, &counters);
+                    info!("stopping: partial windows emitted, detaching");
+                    return Ok(());
+                }
+                Wake::Hup => self.reload_policy(),
+                Wake::Links => match watcher.dump().await {
+                    Ok(links) => {
+                        self.links = links;
+                        let now = unix_now_ns()?;
+                        self.reconcile(now);
+                    }
+                    Err(e) => error!(error = %e, "link table not refreshed"),
+                },
+                Wake::Request(p) => {
+                    let (req, reply) = *p;
+                    let response = self.handle(req).await?;
+                    let _ = reply.send(response);
+                }
+            }
+        }
+    }
+
+    /// Opens an instance's sinks and starts its window at `now`.
+    async fn start_running(&mut self, name: &str, now: u64) -> Result<(), AgentError> {
+        let Some(entry) = self.registry.get(name) else {
+            return Ok(());
+        };
+        let spec = entry.spec.clone();
+        let origin = entry.origin;
+        let (out, names) = self.open_sinks(&spec, origin).await?;
+        let id_scope = if origin == Origin::Cli {
+            self.cfg.agent_id.clone()
+        } else {
+            format!("{}/{}", self.cfg.agent_id, spec.name)
+        };
+        info!(flow_log = %spec.name, window = %window::format_window(spec.window), resource = %spec.resource.type_name(), "flow log started");
+        self.running.insert(
+            spec.name.clone(),
+            Running {
+                spec,
+                window: InstanceWindow::new(now),
+                out,
+                labels: names.into_iter().map(|sink| SinkLabels { sink }).collect(),
+                buf: Vec::with_capacity(1 << 16),
+                id_scope,
+                bytes: 0,
+                reported: 0,
+            },
+        );
+        self.retick();
+        Ok(())
+    }
+
+    fn retick(&mut self) {
+        let secs = self
+            .running
+            .values()
+            .map(|r| r.spec.window.as_secs().max(1))
+            .fold(0, gcd);
+        self.tick = Duration::from_secs(if secs == 0 { 60 } else { secs });
+        self.metrics.active_flow_logs.set(self.running.len() as i64);
+    }
+
+    /// The destinations of an instance: its output (stdout or an appended file)
+    /// unless named sinks replace it, and its named sinks (shared between instances).
+    async fn open_sinks(
+        &mut self,
+        spec: &FlowLogSpec,
+        origin: Origin,
+    ) -> Result<(sink::FanOut, Vec<String>), AgentError> {
+        let cfg = self.cfg;
+        let (output, named, explicit): (Output, Vec<SinkConfig>, bool) = if origin == Origin::Cli {
+            (cfg.output.clone(), cfg.sinks.clone(), cfg.output_explicit)
+        } else {
+            let named = spec
+                .sinks
+                .iter()
+                .filter_map(|n| cfg.sink_defs.iter().find(|d| &d.name == n).cloned())
+                .collect();
+            (
+                spec.output.clone().unwrap_or_default(),
+                named,
+                spec.output.is_some(),
+            )
+        };
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut names = Vec::new();
+        if named.is_empty() || explicit {
+            sinks.push(sink::open(&output).await?);
+            names.push(match output {
+                Output::Stdout => "stdout".to_string(),
+                Output::File(_) => "file".to_string(),
+            });
+        }
+        for s in &named {
+            let inner = match self.shared.get(&s.name) {
+                Some(i) => Arc::clone(i),
+                None => {
+                    let opened = open_named(s).await?;
+                    info!(sink = %s.name, "sink opened");
+                    let i = Arc::new(Mutex::new(opened));
+                    self.shared.insert(s.name.clone(), Arc::clone(&i));
+                    i
+                }
+            };
+            sinks.push(Box::new(SharedSink {
+                name: s.name.clone(),
+                inner,
+            }));
+            names.push(s.name.clone());
+        }
+        Ok((sink::FanOut::new(sinks), names))
+    }
+
+    /// Record metadata of an interface in an instance.
+    fn meta(&self, spec: &FlowLogSpec, ifindex: u32, name: &str) -> InterfaceMeta {
+        let mut meta = self.cfg.meta_for(name);
+        let listed = self.cfg.interfaces.iter().any(|i| i.name == name);
+        match &spec.resource {
+            Resource::VSwitch(ids) if !listed => {
+                let master = self.links.get(&ifindex).and_then(|l| l.master);
+                let bridge = ids.iter().find_map(|id| match id {
+                    VSwitch::Bridge(b)
+                        if master
+                            .and_then(|m| self.links.get(&m))
+                            .is_some_and(|m| m.name == *b) =>
+                    {
+                        Some(b.clone())
+                    }
+                    _ => None,
+                });
+                if let Some(b) = bridge {
+                    meta.vswitch_id = Some(b);
+                }
+            }
+            Resource::Vpc(Some(id)) if !listed => meta.vpc_id = Some(id.clone()),
+            _ => {}
+        }
+        meta
+    }
+
+    /// Brings members and attachments in line with the link table and the running
+    /// instances: new interfaces join (and are attached before their first packet is
+    /// expected), gone ones leave, and interfaces nothing needs are detached.
+    fn reconcile(&mut self, now: u64) {
+        let mut desired: BTreeMap<u32, IfaceConf> = BTreeMap::new();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let spec = self.running[&name].spec.clone();
+            let now_members = scope::members(&spec.resource, &self.links);
+            let mut joins = Vec::new();
+            for &ifindex in &now_members {
+                let link_name = self.links[&ifindex].name.clone();
+                let present = self.running[&name]
+                    .window
+                    .members
+                    .get(&ifindex)
+                    .is_some_and(|m| m.name == link_name);
+                if !present {
+                    joins.push((
+                        ifindex,
+                        link_name.clone(),
+                        self.meta(&spec, ifindex, &link_name),
+                    ));
+                }
+            }
+            let r = self.running.get_mut(&name).expect("running");
+            for (ifindex, link_name, meta) in joins {
+                info!(flow_log = %name, interface = %link_name, ifindex, "interface joins");
+                r.window
+                    .members
+                    .insert(ifindex, Member::new(link_name, meta, now));
+            }
+            for (ifindex, m) in r.window.members.iter_mut() {
+                let here = now_members.contains(ifindex);
+                if here && m.gone_ns.is_some() {
+                    m.gone_ns = None;
+                } else if !here && m.gone_ns.is_none() {
+                    info!(flow_log = %name, interface = %m.name, ifindex, "interface leaves: partial window at the next boundary");
+                    m.gone_ns = Some(now);
+                }
+            }
+            let (bits, paths) = spec.selection();
+            for &ifindex in &now_members {
+                let c = desired.entry(ifindex).or_insert(IfaceConf {
+                    paths: 0,
+                    select: 0,
+                    role: 0,
+                    _pad: [0; 2],
+                });
+                c.select |= bits;
+                c.paths |= paths;
+            }
+        }
+        for (ifindex, conf) in desired.iter_mut() {
+            conf.role = self
+                .cfg
+                .paths
+                .as_ref()
+                .map_or(0, |p| p.role_of(&self.links[ifindex].name));
+        }
+        let mut changed = false;
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .filter(|i| !desired.contains_key(i))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            if let Some(links) = self.attached.remove(&ifindex) {
+                info!(interface = %links.name, ifindex, "detaching");
+                loader::detach_one(&mut self.ebpf, links);
+            }
+            self.select.remove_iface(ifindex);
+            changed = true;
+        }
+        for (ifindex, conf) in &desired {
+            if let Err(e) = self.select.set_iface(*ifindex, *conf) {
+                error!(ifindex, error = %e, "interface selection not written");
+            }
+            if self.attached.contains_key(ifindex) {
+                continue;
+            }
+            let name = self.links[ifindex].name.clone();
+            match loader::attach_one(&mut self.ebpf, self.cfg.mode, self.cfg.xdp_attach, &name) {
+                Ok(links) => {
+                    info!(interface = %name, ifindex, hooks = %links.hooks, "attached");
+                    self.attached.insert(*ifindex, links);
+                    changed = true;
+                }
+                // It may have gone again already; the next link event says so.
+                Err(e) => error!(interface = %name, error = %e, "attach failed"),
+            }
+        }
+        self.metrics
+            .attached_interfaces
+            .set(self.attached.len() as i64);
+        if changed {
+            if let Some(policy) = self.policy.clone() {
+                if let Err(e) = self.apply_policy(&policy) {
+                    error!(error = %e, "policy not re-bound to the new interfaces");
+                }
+            }
+        }
+    }
+
+    fn apply_policy(&mut self, policy: &Policy) -> Result<(), ApplyError> {
+        let links = &self.links;
+        self.policy_maps.apply(policy, |name| {
+            links.values().find(|l| l.name == name).map(|l| l.ifindex)
+        })
+    }
+
+    /// SIGHUP: re-reads the policy file and installs it atomically; on any error the
+    /// policy in force stays.
+    fn reload_policy(&mut self) {
+        let Some((path, _)) = &self.cfg.policy else {
+            info!("SIGHUP: no policy file configured, nothing to reload");
+            return;
+        };
+        let policy = match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "policy reload failed; the previous policy stays in force");
+                return;
             }
         };
-        // The switch happens now: normally within milliseconds of the boundary, but
-        // later if the agent was stalled (SIGSTOP, an overloaded node). The records
-        // then cover up to now, and say so: `end` is the switch time, not a boundary
-        // that passed long before (no packet is lost either way: the programs kept
-        // counting into the same generation).
-        let switched = unix_now_ns()?;
-        let win_end = if stop {
-            switched
-        } else {
-            switched.max(boundary)
-        };
-        if switched >= boundary + cfg.window.as_nanos() as u64 {
-            warn!(
-                late_s = (switched - boundary) / 1_000_000_000,
-                "window switch late (agent stalled): these records cover more than one window"
-            );
+        if self.cfg.flow_logs.is_empty() && !self.cfg.interfaces.is_empty() {
+            if let Err(e) = crate::config::check_policy_interfaces(&policy, &self.cfg.interfaces) {
+                error!(error = %e, "policy reload failed; the previous policy stays in force");
+                return;
+            }
         }
+        match self.apply_policy(&policy) {
+            Ok(()) => {
+                info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy reloaded");
+                self.policy = Some(policy);
+            }
+            Err(e) => {
+                error!(error = %e, "installing the reloaded policy failed; the previous policy stays in force")
+            }
+        }
+    }
+
+    /// Drains the flow map once and hands every stream to the instances covering its
+    /// interface; renders and delivers the windows that end (`due`).
+    async fn drain(
+        &mut self,
+        tick_end: u64,
+        switched: u64,
+        due: Due<'_>,
+    ) -> Result<(), AgentError> {
         let drain_start = Instant::now();
+        let offset = mono_to_unix_offset()?;
+        // Which instances end their window now, at which time, and whether they can
+        // render streams directly (nothing accumulated).
+        let mut ends: HashMap<String, (u64, bool)> = HashMap::new();
+        for (name, r) in &self.running {
+            let end = match due {
+                Due::All => Some(switched),
+                Due::One(n) if n == name => Some(switched),
+                Due::One(_) => None,
+                Due::Boundary => {
+                    let b = window::next_boundary(r.window.start_ns, r.spec.window);
+                    (b <= tick_end).then_some(switched.max(tick_end))
+                }
+            };
+            if let Some(end) = end {
+                ends.insert(name.clone(), (end, !r.window.has_pending()));
+            }
+        }
+        let mut by_ifindex: HashMap<u32, Vec<String>> = HashMap::new();
+        for (name, r) in &self.running {
+            for ifindex in r.window.members.keys() {
+                by_ifindex.entry(*ifindex).or_default().push(name.clone());
+            }
+        }
         #[cfg(feature = "kubernetes")]
-        let pods = pod_watcher.as_ref().map(|w| (w.snapshot(), &w.settings));
+        let pods = self.pods.as_ref().map(|w| (w.snapshot(), &w.settings));
         #[cfg(feature = "kubernetes")]
         let pod_fields = pods.as_ref().map(|(index, settings)| {
             move |out: &mut Vec<u8>, key: &FlowKey| {
@@ -195,145 +723,348 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         #[cfg(feature = "kubernetes")]
         let extra = pod_fields.as_ref().map(|f| f as &ExtraFields<'_>);
         #[cfg(not(feature = "kubernetes"))]
-        let extra = None;
-        let emitted = emit_window(
-            &mut maps,
-            &mut out,
-            &mut buf,
-            &cfg,
-            win_start / 1_000_000_000,
-            win_end / 1_000_000_000,
-            extra,
-        )
-        .await;
-        let emitted = match emitted {
-            Ok(w) => w,
-            Err(e) => {
-                if let AgentError::Sink(se) = &e {
-                    let failed = se.sink_name();
-                    let label = sink_labels
-                        .iter()
-                        .find(|l| l.sink == failed)
-                        .cloned()
-                        .unwrap_or(SinkLabels { sink: failed });
-                    metrics.sink_errors.get_or_create(&label).inc();
+        let extra: Option<&ExtraFields<'_>> = None;
+        let format = self.cfg.record_format;
+        let mut drain = self.maps.switch()?;
+        let mut batch = Vec::with_capacity(crate::drain::BATCH);
+        let mut streams = 0usize;
+        loop {
+            batch.clear();
+            let more = drain.next_batch(&mut batch)?;
+            streams += batch.len();
+            for (key, stats) in batch.iter_mut() {
+                key.traffic_path = stats.traffic_path;
+                let Some(names) = by_ifindex.get(&key.ifindex) else {
+                    continue;
+                };
+                for name in names {
+                    let r = self.running.get_mut(name).expect("running");
+                    let render = Render {
+                        format,
+                        id_scope: &r.id_scope,
+                        mono_to_unix: offset,
+                        extra,
+                    };
+                    match ends.get(name) {
+                        Some(&(end, true)) => {
+                            let before = r.buf.len();
+                            r.window
+                                .stream(&r.spec, key, stats, Some((&mut r.buf, &render, end)));
+                            r.bytes += (r.buf.len() - before) as u64;
+                        }
+                        _ => {
+                            r.window.stream(&r.spec, key, stats, None);
+                        }
+                    }
                 }
-                return Err(e);
             }
-        };
-        metrics
+            for (name, r) in self.running.iter_mut() {
+                if r.buf.len() >= FLUSH_BYTES && ends.contains_key(name) {
+                    r.out.write_batch(&r.buf).await?;
+                    r.buf.clear();
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let skipped = drain.finish()?;
+        let mut skipped_total = SkipStats::default();
+        for (ifindex, s) in &skipped {
+            skipped_total.merge(s);
+            if let Some(names) = by_ifindex.get(ifindex) {
+                for name in names {
+                    if let Some(r) = self.running.get_mut(name) {
+                        r.window.skipped(*ifindex, s);
+                    }
+                }
+            }
+        }
+        for (name, (end, _)) in &ends {
+            let r = self.running.get_mut(name).expect("running");
+            let render = Render {
+                format,
+                id_scope: &r.id_scope,
+                mono_to_unix: offset,
+                extra,
+            };
+            let before = r.buf.len();
+            r.window.finish(&mut r.buf, &render, *end);
+            r.bytes += (r.buf.len() - before) as u64;
+            r.out.write_batch(&r.buf).await?;
+            r.buf.clear();
+            r.out.flush().await?;
+            let records = r.window.records - r.reported;
+            r.reported = r.window.records;
+            let failed = r.out.take_failures();
+            for (i, l) in r.labels.iter().enumerate() {
+                if failed.contains(&i) {
+                    self.metrics.sink_errors.get_or_create(l).inc();
+                    self.metrics
+                        .sink_undelivered
+                        .get_or_create(l)
+                        .inc_by(records);
+                } else {
+                    self.metrics.records.get_or_create(l).inc_by(records);
+                    self.metrics.record_bytes.get_or_create(l).inc_by(r.bytes);
+                }
+            }
+            r.bytes = 0;
+        }
+        // The records are out: now empty the drained generation (idle for a tick).
+        self.maps.clear_idle()?;
+        self.metrics
             .drain_seconds
             .observe(drain_start.elapsed().as_secs_f64());
-        let failed = out.take_failures();
-        for (i, l) in sink_labels.iter().enumerate() {
-            if failed.contains(&i) {
-                metrics.sink_errors.get_or_create(l).inc();
-                metrics
-                    .sink_undelivered
-                    .get_or_create(l)
-                    .inc_by(emitted.records as u64);
-            } else {
-                metrics
-                    .records
-                    .get_or_create(l)
-                    .inc_by(emitted.records as u64);
-                metrics.record_bytes.get_or_create(l).inc_by(emitted.bytes);
-            }
-        }
-        metrics.window_streams.set(emitted.streams as i64);
-        metrics
+        self.metrics.window_streams.set(streams as i64);
+        self.metrics
             .flow_map_fill
-            .set(emitted.streams as f64 / f64::from(cfg.max_flows));
-        metrics.skipped_streams.inc_by(emitted.skipped.streams);
-        metrics.skipped_packets.inc_by(emitted.skipped.packets);
-        metrics.skipped_bytes.inc_by(emitted.skipped.bytes);
-        metrics.window_done();
-        debug!(records = emitted.records, "window emitted");
-
-        let counters = maps.counters()?;
-        report_counters(&last_counters, &counters);
-        metrics.add_datapath(&last_counters, &counters);
-        last_counters = counters;
-
-        if stop {
-            out.close().await?;
-            info!("stopping: partial window emitted, detaching");
-            break;
-        }
-        win_start = win_end;
+            .set(streams as f64 / f64::from(self.cfg.max_flows));
+        self.metrics.skipped_streams.inc_by(skipped_total.streams);
+        self.metrics.skipped_packets.inc_by(skipped_total.packets);
+        self.metrics.skipped_bytes.inc_by(skipped_total.bytes);
+        debug!(streams, "drained");
+        Ok(())
     }
-    drop(attachments);
-    drop(maps);
-    drop(ebpf);
-    Ok(())
 }
 
-/// The destinations of the records: `output` (stdout or an appended file) unless
-/// named sinks replace it, and the named sinks. Returns them with their names (the
-/// `sink` label of the metrics: `stdout`, `file` for `--output FILE`, or the
-/// `[[sink]]` name).
-async fn open_sinks(cfg: &Config) -> Result<(sink::FanOut, Vec<String>), AgentError> {
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    let mut names = Vec::new();
-    if cfg.sinks.is_empty() || cfg.output_explicit {
-        sinks.push(sink::open(&cfg.output).await?);
-        names.push(match cfg.output {
-            crate::config::Output::Stdout => "stdout".to_string(),
-            crate::config::Output::File(_) => "file".to_string(),
-        });
-    }
-    for s in &cfg.sinks {
-        let opened: Box<dyn Sink> = match &s.kind {
-            SinkKind::Stdout => {
-                let plain = Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name));
-                match &s.text {
-                    Some(t) => Box::new(sink::TextSink::new(plain, t.clone())),
-                    None => plain,
+/// Which instances end their window in a drain.
+#[derive(Clone, Copy)]
+enum Due<'a> {
+    /// Those whose window ends at this tick.
+    Boundary,
+    /// One instance (stopped or deleted): its partial window.
+    One(&'a str),
+    /// Every instance (the agent stops).
+    All,
+}
+
+impl Agent<'_> {
+    /// One control request. Bad requests change nothing and say why; only failures
+    /// of the agent itself (a sink gone for good, the maps) are errors.
+    async fn handle(&mut self, req: Request) -> Result<Response, AgentError> {
+        debug!(request = ?req, "control request");
+        let now = unix_now_ns()?;
+        let fail = |e: RegistryError| Response::error(e.to_string());
+        match req {
+            Request::List => Ok(Response {
+                flow_logs: Some(
+                    self.registry
+                        .entries()
+                        .iter()
+                        .map(|e| self.status(&e.spec.name))
+                        .collect(),
+                ),
+                ..Response::ok()
+            }),
+            Request::Describe { name } => match self.registry.get(&name) {
+                None => Ok(Response::error(InstanceError::Unknown { name }.to_string())),
+                Some(_) => Ok(Response {
+                    flow_log: Some(self.status(&name)),
+                    ..Response::ok()
+                }),
+            },
+            Request::Create { flow_log } => {
+                let flow_log = *flow_log;
+                let (sinks, paths_configured) = self.checks_lenient();
+                let links = &self.links;
+                let exists = |n: &str| scope::exists(links, n);
+                let bridge = |n: &str| scope::is_bridge(links, n);
+                let checks = Checks {
+                    interface_exists: Some(&exists),
+                    bridge_exists: &bridge,
+                    paths_configured,
+                    sinks: &sinks,
+                };
+                let (spec, active) = match FlowLogSpec::validate(&flow_log, &checks) {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Response::error(e.to_string())),
+                };
+                let name = spec.name.clone();
+                if let Err(e) = self.registry.create(spec, active) {
+                    return Ok(fail(e));
                 }
+                info!(flow_log = %name, "flow log created");
+                if active {
+                    if let Err(e) = self.start_running(&name, now).await {
+                        // Its destination cannot be opened: undo, and say why.
+                        let _ = self.registry.delete(&name);
+                        return Ok(Response::error(e.to_string()));
+                    }
+                    self.reconcile(now);
+                }
+                Ok(Response {
+                    flow_log: Some(self.status(&name)),
+                    ..Response::ok()
+                })
             }
-            // The file sink converts itself (a header at the top of every file).
-            SinkKind::File(settings) => {
-                Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
+            Request::Start { name } => {
+                match self.registry.set_active(&name, true) {
+                    Err(e) => return Ok(fail(e)),
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Err(e) = self.start_running(&name, now).await {
+                            let _ = self.registry.set_active(&name, false);
+                            return Ok(Response::error(e.to_string()));
+                        }
+                        self.reconcile(now);
+                    }
+                }
+                Ok(Response {
+                    flow_log: Some(self.status(&name)),
+                    ..Response::ok()
+                })
             }
-        };
-        info!(sink = %s.name, "sink opened");
-        sinks.push(opened);
-        names.push(s.name.clone());
+            Request::Stop { name } => {
+                match self.registry.set_active(&name, false) {
+                    Err(e) => return Ok(fail(e)),
+                    Ok(false) => {}
+                    Ok(true) => self.stop_running(&name, now).await?,
+                }
+                Ok(Response {
+                    flow_log: Some(self.status(&name)),
+                    ..Response::ok()
+                })
+            }
+            Request::Delete { name } => {
+                let was_running = self.running.contains_key(&name);
+                // Validate first (unknown, declared): nothing changes on a bad request.
+                if let Err(e) = self.registry.delete(&name) {
+                    return Ok(fail(e));
+                }
+                if was_running {
+                    self.stop_running(&name, now).await?;
+                }
+                info!(flow_log = %name, "flow log deleted");
+                Ok(Response::ok())
+            }
+        }
     }
-    Ok((sink::FanOut::new(sinks), names))
+
+    /// Emits an instance's partial window, closes its sinks and releases what only it
+    /// needed.
+    async fn stop_running(&mut self, name: &str, now: u64) -> Result<(), AgentError> {
+        self.drain(now, now, Due::One(name)).await?;
+        if let Some(mut r) = self.running.remove(name) {
+            if let Err(e) = r.out.close().await {
+                warn!(flow_log = %name, error = %e, "closing its sinks");
+            }
+        }
+        info!(flow_log = %name, "flow log stopped");
+        self.retick();
+        self.reconcile(now);
+        Ok(())
+    }
+
+    fn status(&self, name: &str) -> Status {
+        let e = self.registry.get(name).expect("known flow log");
+        let r = self.running.get(name);
+        Status {
+            flow_log: e.spec.to_file(e.active),
+            origin: match e.origin {
+                Origin::Cli => "cli",
+                Origin::Config => "config",
+                Origin::Api => "api",
+            }
+            .to_owned(),
+            interfaces: r
+                .map(|r| {
+                    r.window
+                        .members
+                        .values()
+                        .filter(|m| m.gone_ns.is_none())
+                        .map(|m| m.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            records: r.map_or(0, |r| r.window.records),
+        }
+    }
+
+    /// Closes every sink and detaches everything.
+    async fn shutdown(&mut self) {
+        for (name, r) in self.running.iter_mut() {
+            if let Err(e) = r.out.close().await {
+                warn!(flow_log = %name, error = %e, "closing its sinks");
+            }
+        }
+        for (name, s) in &self.shared {
+            if let Err(e) = s.lock().await.close().await {
+                warn!(sink = %name, error = %e, "closing the sink");
+            }
+        }
+        let attached = std::mem::take(&mut self.attached);
+        for (_, links) in attached {
+            loader::detach_one(&mut self.ebpf, links);
+        }
+    }
 }
 
-fn ifindex_of(cfg: &Config, name: &str) -> Option<u32> {
-    cfg.interfaces
-        .iter()
-        .find(|i| i.name == name)
-        .map(|i| i.ifindex)
+/// Opens a `[[sink]]`.
+async fn open_named(s: &SinkConfig) -> Result<Box<dyn Sink>, AgentError> {
+    Ok(match &s.kind {
+        SinkKind::Stdout => {
+            let plain = Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name));
+            match &s.text {
+                Some(t) => Box::new(sink::TextSink::new(plain, t.clone())),
+                None => plain,
+            }
+        }
+        // The file sink converts itself (a header at the top of every file).
+        SinkKind::File(settings) => {
+            Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
+        }
+    })
 }
 
-/// SIGHUP: re-reads the policy file and installs it atomically; on any error the
-/// policy in force stays.
-fn reload_policy(cfg: &Config, maps: &mut PolicyMaps) {
-    let Some((path, _)) = &cfg.policy else {
-        info!("SIGHUP: no policy file configured, nothing to reload");
-        return;
-    };
-    let policy = match Policy::load(path) {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error = %e, "policy reload failed; the previous policy stays in force");
-            return;
-        }
-    };
-    if let Err(e) = check_policy_interfaces(&policy, &cfg.interfaces) {
-        error!(error = %e, "policy reload failed; the previous policy stays in force");
-        return;
+/// Renders the body of `flowlog list`.
+pub fn list_table(flow_logs: &[Status]) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "STATE".to_owned(),
+        "RESOURCE".to_owned(),
+        "WINDOW".to_owned(),
+        "TRAFFIC".to_owned(),
+        "IP".to_owned(),
+        "PATHS".to_owned(),
+        "INTERFACES".to_owned(),
+    ]];
+    for s in flow_logs {
+        let f: &FlowLogFile = &s.flow_log;
+        let ids = f.resource_ids.join(",");
+        rows.push([
+            f.name.clone(),
+            f.state.clone().unwrap_or_default(),
+            if ids.is_empty() {
+                f.resource_type.clone()
+            } else {
+                format!("{}:{ids}", f.resource_type)
+            },
+            f.window.clone().unwrap_or_default(),
+            f.traffic_type.clone().unwrap_or_default(),
+            f.ip_version.clone().unwrap_or_default(),
+            f.traffic_path.clone().unwrap_or_default(),
+            if s.interfaces.is_empty() {
+                "-".to_owned()
+            } else {
+                s.interfaces.join(",")
+            },
+        ]);
     }
-    match maps.apply(&policy, |name| ifindex_of(cfg, name)) {
-        Ok(()) => info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy reloaded"),
-        Err(e) => {
-            error!(error = %e, "installing the reloaded policy failed; the previous policy stays in force")
-        }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
     }
+    out
 }
 
 /// Forwards the programs' aya-log records (rare events such as a full flow map) to
@@ -389,107 +1120,27 @@ fn report_counters(before: &[u64], after: &[u64]) {
     }
 }
 
-fn to_unix_secs(mono_ns: u64, offset: i128) -> u64 {
-    let unix = mono_ns as i128 + offset;
-    if unix <= 0 {
-        0
-    } else {
-        (unix / 1_000_000_000) as u64
-    }
-}
-
-/// Bytes of rendered records collected before they are handed to the sink.
+/// Bytes of rendered records collected before they are handed to the sinks.
 const FLUSH_BYTES: usize = 1 << 20;
 
-/// Drains the active generation and writes its records to `out` as they are read,
-/// so memory stays bounded by one batch whatever the number of streams.
-/// What one window put out.
-#[derive(Debug, Default)]
-pub struct Emitted {
-    /// Records written (OK, SKIPDATA, NODATA).
-    pub records: usize,
-    /// Bytes of those records.
-    pub bytes: u64,
-    /// Streams drained from the flow map (before the transfer-type filter).
-    pub streams: usize,
-    /// Skip counters summed over interfaces.
-    pub skipped: SkipStats,
-}
-
-async fn emit_window(
-    maps: &mut FlowMaps,
-    out: &mut dyn Sink,
-    buf: &mut Vec<u8>,
-    cfg: &Config,
-    start_s: u64,
-    end_s: u64,
-    extra: Option<&ExtraFields<'_>>,
-) -> Result<Emitted, AgentError> {
-    let mut w = WindowWriter::new(&cfg.interfaces, start_s, end_s, mono_to_unix_offset()?)
-        .with_filter(cfg.transfer_type)
-        .with_format(cfg.record_format)
-        .with_agent_id(&cfg.agent_id);
-    if let Some(extra) = extra {
-        w = w.with_extra(extra);
-    }
-    let mut drain = maps.switch()?;
-    let mut batch = Vec::with_capacity(crate::drain::BATCH);
-    let mut emitted = Emitted::default();
-    buf.clear();
-    loop {
-        batch.clear();
-        let more = drain.next_batch(&mut batch)?;
-        emitted.streams += batch.len();
-        w.flows(buf, &batch);
-        if buf.len() >= FLUSH_BYTES {
-            out.write_batch(buf).await?;
-            emitted.bytes += buf.len() as u64;
-            buf.clear();
-        }
-        if !more {
-            break;
-        }
-    }
-    let skipped = drain.finish()?;
-    for (_, s) in &skipped {
-        emitted.skipped.merge(s);
-    }
-    w.finish(buf, &skipped);
-    out.write_batch(buf).await?;
-    emitted.bytes += buf.len() as u64;
-    out.flush().await?;
-    // The records are out: now empty the drained generation (idle for a window).
-    maps.clear_idle()?;
-    emitted.records = w.records;
-    Ok(emitted)
-}
-
-/// Renders one window's records: an OK record per stream, a SKIPDATA record per
-/// interface that overflowed, NODATA for each interface with neither.
+/// Renders one window's records for a fixed list of interfaces: an OK record per
+/// stream, a SKIPDATA record per interface that overflowed, NODATA for each interface
+/// with neither. (The benchmark's renderer; the agent renders through
+/// [`crate::instance::schedule`], with the same functions.)
 pub struct WindowWriter<'a> {
     interfaces: &'a [InterfaceConfig],
     by_ifindex: HashMap<u32, usize>,
-    /// Interfaces (by position) that had a stream or a skip in the window.
     active: Vec<bool>,
     start_s: u64,
     end_s: u64,
-    mono_to_unix: i128,
-    unknown: u64,
+    render: Render<'a>,
     transfer_type: TransferType,
-    format: RecordFormat,
-    /// Appends fields beyond the base record to an OK record's line (pod metadata).
-    extra: Option<&'a ExtraFields<'a>>,
-    /// This agent's part of `record-id` (extended format).
-    agent_id: &'a str,
     /// Records rendered so far.
     pub records: usize,
 }
 
-/// Appends fields to a rendered OK record (the line, ending in `}\n`) of a stream.
-pub type ExtraFields<'a> = dyn Fn(&mut Vec<u8>, &FlowKey) + 'a;
-
 impl<'a> WindowWriter<'a> {
-    /// `mono_to_unix` is `unix_ns - boottime_ns` (the kernel stamps coarse monotonic time).
+    /// `mono_to_unix` is `unix_ns - monotonic_ns` (the kernel stamps coarse monotonic time).
     pub fn new(
         interfaces: &'a [InterfaceConfig],
         start_s: u64,
@@ -506,26 +1157,15 @@ impl<'a> WindowWriter<'a> {
             active: vec![false; interfaces.len()],
             start_s,
             end_s,
-            mono_to_unix,
-            unknown: 0,
+            render: Render {
+                format: crate::record::RecordFormat::Base,
+                id_scope: "-",
+                mono_to_unix,
+                extra: None,
+            },
             transfer_type: TransferType::All,
-            format: RecordFormat::Base,
-            extra: None,
-            agent_id: "-",
             records: 0,
         }
-    }
-
-    /// The agent id of record ids (extended format).
-    pub fn with_agent_id(mut self, agent_id: &'a str) -> Self {
-        self.agent_id = agent_id;
-        self
-    }
-
-    /// Fields appended to every OK record (pod metadata on Kubernetes).
-    pub fn with_extra(mut self, extra: &'a ExtraFields<'a>) -> Self {
-        self.extra = Some(extra);
-        self
     }
 
     /// Emit only the streams of this data transfer type.
@@ -534,49 +1174,30 @@ impl<'a> WindowWriter<'a> {
         self
     }
 
-    pub fn with_format(mut self, format: RecordFormat) -> Self {
-        self.format = format;
-        self
-    }
-
     /// Appends the OK records of `flows`.
-    pub fn flows(&mut self, out: &mut Vec<u8>, flows: &[(FlowKey, FlowStats)]) {
+    pub fn flows(&mut self, out: &mut Vec<u8>, flows: &[(FlowKey, flowlog_common::FlowStats)]) {
         for (key, stats) in flows {
             let Some(&i) = self.by_ifindex.get(&key.ifindex) else {
-                self.unknown += 1;
                 continue;
             };
-            // The interface had traffic, even if the filter hides it: no NODATA.
             self.active[i] = true;
             let wanted = match self.transfer_type {
                 TransferType::All => true,
-                TransferType::Allow => key.action == action::ACCEPT,
-                TransferType::Reject => key.action == action::REJECT,
+                TransferType::Allow => key.action == flowlog_common::action::ACCEPT,
+                TransferType::Reject => key.action == flowlog_common::action::REJECT,
             };
             if !wanted {
                 continue;
             }
-            let start =
-                to_unix_secs(stats.first_ns, self.mono_to_unix).clamp(self.start_s, self.end_s);
-            let end = if stats.closed != 0 {
-                to_unix_secs(stats.last_ns, self.mono_to_unix).clamp(start, self.end_s)
-            } else {
-                self.end_s
-            };
-            let record = Record::Flow {
-                meta: &self.interfaces[i].meta,
-                key: *key,
-                stats: *stats,
-                start,
-                end,
-            };
-            record.write_json_as(out, self.format);
-            if self.format == RecordFormat::Extended {
-                record.push_record_id(out, self.agent_id);
-            }
-            if let Some(extra) = self.extra {
-                extra(out, key);
-            }
+            schedule::render_stream(
+                out,
+                &self.render,
+                &self.interfaces[i].meta,
+                key,
+                stats,
+                self.start_s,
+                self.end_s,
+            );
             self.records += 1;
         }
     }
@@ -585,37 +1206,22 @@ impl<'a> WindowWriter<'a> {
     pub fn finish(&mut self, out: &mut Vec<u8>, skipped: &[(u32, SkipStats)]) {
         let mut skips = vec![None::<SkipStats>; self.interfaces.len()];
         for (ifindex, s) in skipped {
-            match self.by_ifindex.get(ifindex) {
-                Some(&i) => skips[i].get_or_insert_with(SkipStats::default).merge(s),
-                None => self.unknown += 1,
+            if let Some(&i) = self.by_ifindex.get(ifindex) {
+                skips[i].get_or_insert_with(SkipStats::default).merge(s);
             }
         }
         for (i, iface) in self.interfaces.iter().enumerate() {
-            let (meta, start, end) = (&iface.meta, self.start_s, self.end_s);
-            let record = if let Some(skipped) = skips[i] {
-                Record::SkipData {
-                    meta,
-                    start,
-                    end,
-                    skipped,
-                }
-            } else if !self.active[i] {
-                Record::NoData { meta, start, end }
-            } else {
-                continue;
-            };
-            record.write_json_as(out, self.format);
-            if self.format == RecordFormat::Extended {
-                record.push_record_id(out, self.agent_id);
+            if skips[i].is_some() || !self.active[i] {
+                schedule::render_status(
+                    out,
+                    &self.render,
+                    &iface.meta,
+                    skips[i],
+                    self.start_s,
+                    self.end_s,
+                );
+                self.records += 1;
             }
-            self.records += 1;
-        }
-        if self.unknown > 0 {
-            warn!(
-                entries = self.unknown,
-                "streams on an interface that is not configured: dropped"
-            );
-            self.unknown = 0;
         }
     }
 }
@@ -638,7 +1244,9 @@ pub fn render_window(
 
 #[cfg(test)]
 mod tests {
-    use flowlog_common::{action, direction, family, key_flags, TRAFFIC_PATH_UNCLASSIFIED};
+    use flowlog_common::{
+        action, direction, family, key_flags, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
+    };
 
     use super::*;
     use crate::record::InterfaceMeta;
@@ -694,7 +1302,8 @@ mod tests {
             last_ns: 9_000_000_000,
             tcp_flags: 0x18,
             closed: 0,
-            _pad: [0; 2],
+            traffic_path: flowlog_common::TRAFFIC_PATH_UNCLASSIFIED,
+            _pad: 0,
             rule_id: 0,
         };
         let closed = FlowStats {

@@ -95,6 +95,77 @@ pub enum Command {
     /// one self-contained HTML page with charts (runs `flowlog-query`).
     #[command(disable_help_flag = true)]
     Report(PassThrough),
+    /// Create a flow log on the running agent (through its control socket).
+    Create(CreateArgs),
+    /// Start (resume) a stopped flow log.
+    Start(NameArgs),
+    /// Stop a flow log: its partial window is emitted and its capture ends.
+    Stop(NameArgs),
+    /// Delete a flow log created with `flowlog create` (its partial window is emitted).
+    Delete(NameArgs),
+    /// List the flow logs of the running agent.
+    List(SocketArgs),
+    /// Show one flow log (settings, state, interfaces captured now) as JSON.
+    Describe(NameArgs),
+}
+
+/// `--socket` of the control commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct SocketArgs {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::instance::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// A flow log name and `--socket`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct NameArgs {
+    /// The flow log.
+    pub name: String,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// `flowlog create`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct CreateArgs {
+    /// Name of the flow log (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// ENI (interfaces by name), vSwitch (a bridge's ports, or a glob such as
+    /// "veth*") or VPC (every interface but lo); case-insensitive.
+    #[arg(long, value_name = "T")]
+    pub resource_type: String,
+    /// An interface (ENI), a bridge or glob (vSwitch), the network's id (VPC,
+    /// optional); repeatable.
+    #[arg(long = "resource-id", value_name = "ID")]
+    pub resource_ids: Vec<String>,
+    /// Capture window: 1m, 5m or 10m (whole seconds up to 600 are accepted)
+    /// [default: 10m]
+    #[arg(long, value_name = "W")]
+    pub window: Option<String>,
+    /// All, Allow (ACCEPT records only) or Reject (REJECT only) [default: All]
+    #[arg(long, value_name = "TYPE")]
+    pub traffic_type: Option<String>,
+    /// IPv4 or Dual-stack [default: Dual-stack]
+    #[arg(long, value_name = "V")]
+    pub ip_version: Option<String>,
+    /// all, or traffic_path values such as 9,13 (needs [paths]) [default: all]
+    #[arg(long, value_name = "all|N,N,...")]
+    pub traffic_path: Option<String>,
+    /// Where its records go: "-" for the agent's stdout, or a file (appended)
+    #[arg(long, value_name = "-|FILE")]
+    pub output: Option<String>,
+    /// A [[sink]] of the agent's config file (repeatable).
+    #[arg(long = "sink", value_name = "NAME")]
+    pub sinks: Vec<String>,
+    /// Free text.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Create it stopped.
+    #[arg(long)]
+    pub inactive: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 /// Arguments handed unchanged to the `flowlog-query` binary (including `--help`).
@@ -179,6 +250,14 @@ pub struct RunArgs {
     /// This agent's id in record ids (--record-format extended) [default: host name]
     #[arg(long, value_name = "ID")]
     pub agent_id: Option<String>,
+    /// Serve the control socket (flowlog create/start/stop/...) here [default:
+    /// /run/flowlog/flowlog.sock, or none with --interface]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Keep flow logs created through the socket here [default: /var/lib/flowlog, or
+    /// none with --interface]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One `[[sink]]` of the config file.
@@ -354,6 +433,19 @@ pub struct FileConfig {
     pub metadata: FileMetadata,
     #[serde(default)]
     pub interfaces: Vec<FileInterface>,
+    /// Flow logs declared here.
+    #[serde(default)]
+    pub flow_log: Vec<crate::instance::FlowLogFile>,
+    /// traffic_path classification.
+    pub paths: Option<crate::paths::PathsFile>,
+    /// Control socket path.
+    pub socket: Option<PathBuf>,
+    /// Group allowed to use the control socket (mode 0660); default owner only.
+    pub socket_group: Option<String>,
+    /// Where flow logs created through the socket are kept.
+    pub state_dir: Option<PathBuf>,
+    /// Instances per node (default 10).
+    pub max_flow_logs: Option<usize>,
 }
 
 /// `[metadata]`: node-wide record fields.
@@ -403,6 +495,38 @@ pub struct Config {
     pub output_explicit: bool,
     /// This agent's part of record ids (`--agent-id`, `agent_id`, else the host name).
     pub agent_id: String,
+    /// Every `[[sink]]` of the config file (flow logs name them).
+    pub sink_defs: Vec<SinkConfig>,
+    /// `[[flow_log]]` of the config file, as written (validated against the link table
+    /// when the agent starts).
+    pub flow_logs: Vec<crate::instance::FlowLogFile>,
+    /// traffic_path classification (`[paths]`).
+    pub paths: Option<crate::paths::Paths>,
+    /// Control socket (`None`: no API, the `--interface` mode without `--socket`).
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    /// State directory (`None`: instances are not saved).
+    pub state_dir: Option<PathBuf>,
+    pub max_flow_logs: usize,
+    /// Record metadata of an interface the config does not list (eni-id = its name).
+    pub node_meta: InterfaceMeta,
+}
+
+/// Default state directory of the daemon.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flowlog";
+
+impl Config {
+    /// Record metadata of an interface: its `[[interfaces]]` entry (or `--interface`
+    /// with `--eni-id`), else the node's.
+    pub fn meta_for(&self, name: &str) -> InterfaceMeta {
+        match self.interfaces.iter().find(|i| i.name == name) {
+            Some(i) => i.meta.clone(),
+            None => InterfaceMeta {
+                eni_id: name.to_owned(),
+                ..self.node_meta.clone()
+            },
+        }
+    }
 }
 
 /// One interface to capture on.
@@ -457,8 +581,14 @@ pub enum ConfigError {
     },
     #[error("[[sink]] {name:?}: {problem}")]
     BadSink { name: String, problem: String },
-    #[error("no interface given: pass --interface IF or list [[interfaces]] in the config file")]
-    NoInterface,
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+    #[error("[[flow_log]] {name:?}: {source}")]
+    FlowLog {
+        name: String,
+        #[source]
+        source: crate::instance::InstanceError,
+    },
     #[error("{field}: interface name is empty")]
     InterfaceNameEmpty { field: &'static str },
     #[error(
@@ -600,7 +730,7 @@ impl Config {
             (None, Some(p)) => output_from(p, "config file output")?,
             (None, None) => Output::Stdout,
         };
-        let sinks = select_sinks(args, &file)?;
+        let (sinks, sink_defs) = select_sinks(args, &file)?;
         let output_explicit = args.output.is_some() || file.output.is_some();
         let agent_id = args
             .agent_id
@@ -663,9 +793,6 @@ impl Config {
                 "--eni-id",
             )?;
         }
-        if pending.is_empty() {
-            return Err(ConfigError::NoInterface);
-        }
 
         let node = &file.metadata;
         let account_id = pick(args.account_id.as_deref(), None, node.account_id.as_deref());
@@ -710,7 +837,11 @@ impl Config {
         let policy = match args.policy.as_ref().or(file.policy.as_ref()) {
             Some(path) => {
                 let policy = Policy::load(path).map_err(|e| ConfigError::Policy(Box::new(e)))?;
-                check_policy_interfaces(&policy, &interfaces)?;
+                // With flow logs (or as a daemon), interfaces come and go: the rule sets
+                // bind to whatever the names designate when they are captured.
+                if file.flow_log.is_empty() && !interfaces.is_empty() {
+                    check_policy_interfaces(&policy, &interfaces)?;
+                }
                 Some((path.clone(), policy))
             }
             None => None,
@@ -723,6 +854,47 @@ impl Config {
         };
 
         let kubernetes = kube_settings(args, &file.kubernetes, |k| std::env::var(k).ok())?;
+
+        let paths = file
+            .paths
+            .as_ref()
+            .map(crate::paths::Paths::compile)
+            .transpose()?;
+        let sink_names: Vec<String> = file.sink_defs.iter().map(|d| d.name.clone()).collect();
+        for f in &file.flow_log {
+            // Syntax and references now; interfaces and bridges when the agent starts.
+            let checks = crate::instance::Checks {
+                interface_exists: None,
+                bridge_exists: &|_| true,
+                paths_configured: paths.is_some(),
+                sinks: &sink_names,
+            };
+            crate::instance::FlowLogSpec::validate(f, &checks).map_err(|source| {
+                ConfigError::FlowLog {
+                    name: f.name.clone(),
+                    source,
+                }
+            })?;
+        }
+        // `flowlog run --interface X` alone is self-contained: no socket, no saved
+        // instances, unless asked for.
+        let daemon = interfaces.is_empty() || !file.flow_log.is_empty();
+        let socket =
+            args.socket.clone().or(file.socket.clone()).or_else(|| {
+                daemon.then(|| PathBuf::from(crate::instance::control::DEFAULT_SOCKET))
+            });
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir.clone())
+            .or_else(|| daemon.then(|| PathBuf::from(DEFAULT_STATE_DIR)));
+        let node_meta = InterfaceMeta {
+            eni_id: String::new(),
+            account_id: account_id.clone(),
+            vm_id: pick(args.vm_id.as_deref(), None, node.vm_id.as_deref()),
+            vswitch_id: pick(args.vswitch_id.as_deref(), None, node.vswitch_id.as_deref()),
+            vpc_id: pick(args.vpc_id.as_deref(), None, node.vpc_id.as_deref()),
+        };
 
         Ok(Config {
             interfaces,
@@ -745,12 +917,25 @@ impl Config {
             sinks,
             output_explicit,
             agent_id,
+            flow_logs: file.flow_log.clone(),
+            sink_defs,
+            paths,
+            socket,
+            socket_group: file.socket_group.clone(),
+            state_dir,
+            max_flow_logs: file
+                .max_flow_logs
+                .unwrap_or(crate::instance::DEFAULT_MAX_FLOW_LOGS),
+            node_meta,
         })
     }
 }
 
 /// The sinks named by `--sink` (or the file's `sinks`), from the `[[sink]]` tables.
-fn select_sinks(args: &RunArgs, file: &FileConfig) -> Result<Vec<SinkConfig>, ConfigError> {
+fn select_sinks(
+    args: &RunArgs,
+    file: &FileConfig,
+) -> Result<(Vec<SinkConfig>, Vec<SinkConfig>), ConfigError> {
     let mut defs = Vec::new();
     for d in &file.sink_defs {
         if d.name.is_empty() {
@@ -790,7 +975,7 @@ fn select_sinks(args: &RunArgs, file: &FileConfig) -> Result<Vec<SinkConfig>, Co
             out.push(def.clone());
         }
     }
-    Ok(out)
+    Ok((out, defs))
 }
 
 fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
@@ -1004,7 +1189,7 @@ fn output_from(path: &Path, field: &'static str) -> Result<Output, ConfigError> 
 
 /// The kernel's `dev_valid_name` rules, plus no control characters (a NUL could not
 /// reach `if_nametoindex`).
-fn check_ifname(name: &str, field: &'static str) -> Result<(), ConfigError> {
+pub(crate) fn check_ifname(name: &str, field: &'static str) -> Result<(), ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::InterfaceNameEmpty { field });
     }
@@ -1449,12 +1634,54 @@ vpc_id = ""
             e.to_string(),
             "interface \"eth9\" does not exist on this node (see `ip link`)"
         );
-        let e = build(&[], None).unwrap_err();
-        assert!(matches!(e, ConfigError::NoInterface));
+        // No interface: the daemon, waiting for flow logs on its control socket and
+        // keeping them in the state directory.
+        let c = build(&[], None).unwrap();
+        assert!(c.interfaces.is_empty());
         assert_eq!(
-            e.to_string(),
-            "no interface given: pass --interface IF or list [[interfaces]] in the config file"
+            c.socket.as_deref(),
+            Some(Path::new("/run/flowlog/flowlog.sock"))
         );
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));
+        // `--interface` alone is self-contained.
+        let c = build(&["-i", "eth0"], None).unwrap();
+        assert_eq!((c.socket, c.state_dir), (None, None));
+        let c = build(&["-i", "eth0", "--socket", "/tmp/s"], None).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/s")));
+    }
+
+    #[test]
+    fn flow_logs_and_paths_in_the_file() {
+        let text = r#"
+max_flow_logs = 3
+socket_group = "flowlog"
+[[paths.role]]
+name = "vpn"
+interfaces = ["wg*"]
+[[paths.rule]]
+role = "vpn"
+path = 9
+[[flow_log]]
+name = "vpn"
+resource_type = "ENI"
+resource_ids = ["wg0", "wg1"]
+window = "1m"
+traffic_path = "9"
+"#;
+        let c = build(&[], Some(text)).unwrap();
+        assert_eq!(c.flow_logs.len(), 1);
+        assert_eq!(c.max_flow_logs, 3);
+        assert_eq!(c.paths.as_ref().unwrap().role_of("wg1"), 1);
+        let bad = text.replace("traffic_path = \"9\"", "traffic_path = \"16\"");
+        let e = build(&[], Some(&bad)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("[[flow_log]] \"vpn\": traffic path \"16\""),
+            "{e}"
+        );
+        let no_paths =
+            "[[flow_log]]\nname = \"a\"\nresource_type = \"VPC\"\ntraffic_path = \"9\"\n";
+        let e = build(&[], Some(no_paths)).unwrap_err().to_string();
+        assert!(e.contains("this node classifies no paths"), "{e}");
     }
 
     #[test]

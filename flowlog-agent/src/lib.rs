@@ -4,10 +4,12 @@ pub mod agent;
 pub mod batch;
 pub mod config;
 pub mod drain;
+pub mod instance;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
+pub mod paths;
 pub mod policy;
 pub mod privilege;
 pub mod rcu;

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use aya::{
     programs::{
-        tc::{self, TcAttachType},
+        tc::{self, SchedClassifierLinkId, TcAttachType},
+        xdp::XdpLinkId,
         ProgramError, SchedClassifier, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -142,65 +143,58 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         })
 }
 
-/// What was attached, for logs and for clean-up beyond the links themselves.
-#[derive(Debug, Default)]
-pub struct Attachments {
-    /// Interfaces on which we added the `clsact` qdisc (pre-TCX kernels only).
-    added_clsact: Vec<String>,
-    /// How each interface is hooked, e.g. "tcx ingress+egress".
-    pub hooks: Vec<(String, String)>,
+/// The links of one interface.
+#[derive(Debug)]
+pub struct IfaceLinks {
+    pub name: String,
+    ingress_tc: Option<SchedClassifierLinkId>,
+    ingress_xdp: Option<XdpLinkId>,
+    egress: SchedClassifierLinkId,
+    /// We added the `clsact` qdisc (pre-TCX kernels only): removed on detach.
+    added_clsact: bool,
+    /// How it is hooked, e.g. "tcx ingress, tcx egress".
+    pub hooks: String,
 }
 
-impl Drop for Attachments {
-    fn drop(&mut self) {
-        for iface in &self.added_clsact {
-            // aya has no qdisc delete; `tc` is part of iproute2 on every node that
-            // lacks TCX. Failure leaves an empty clsact qdisc, which is harmless.
-            match Command::new("tc")
-                .args(["qdisc", "del", "dev", iface, "clsact"])
-                .status()
-            {
-                Ok(s) if s.success() => debug!(interface = %iface, "removed clsact qdisc"),
-                other => {
-                    warn!(interface = %iface, result = ?other, "could not remove the clsact qdisc flowlog added")
-                }
-            }
+/// Attaches the programs to one interface (by name; `mode`/`xdp_attach` as configured).
+pub fn attach_one(
+    ebpf: &mut Ebpf,
+    mode: Mode,
+    xdp_attach: XdpAttach,
+    name: &str,
+) -> Result<IfaceLinks, LoadError> {
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    let mut added_clsact = false;
+    if !tcx {
+        match tc::qdisc_add_clsact(name) {
+            Ok(()) => added_clsact = true,
+            // EEXIST: the interface already has clsact (someone else's): keep it.
+            Err(e) => debug!(interface = name, error = %e, "clsact not added"),
         }
     }
-}
-
-/// Attaches the programs to every configured interface.
-pub fn attach(ebpf: &mut Ebpf, cfg: &Config) -> Result<Attachments, LoadError> {
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    let mut att = Attachments::default();
-    for iface in &cfg.interfaces {
-        let name = iface.name.as_str();
-        if !tcx {
-            match tc::qdisc_add_clsact(name) {
-                Ok(()) => att.added_clsact.push(name.to_owned()),
-                // EEXIST: the interface already has clsact (someone else's): keep it.
-                Err(e) => debug!(interface = name, error = %e, "clsact not added"),
-            }
-        }
-        let tc_hook = if tcx { "tcx" } else { "tc clsact" };
-        let mut hooks = Vec::new();
-        let ingress_at_xdp = cfg.mode == Mode::Xdp;
-        if ingress_at_xdp {
-            let mode = match cfg.xdp_attach {
-                XdpAttach::Auto => XdpMode::Default,
-                XdpAttach::Native => XdpMode::Driver,
-                XdpAttach::Generic => XdpMode::Skb,
-            };
+    let tc_hook = if tcx { "tcx" } else { "tc clsact" };
+    let mut hooks = Vec::new();
+    let (mut ingress_tc, mut ingress_xdp): (Option<SchedClassifierLinkId>, Option<XdpLinkId>) =
+        (None, None);
+    if mode == Mode::Xdp {
+        let how = match xdp_attach {
+            XdpAttach::Auto => XdpMode::Default,
+            XdpAttach::Native => XdpMode::Driver,
+            XdpAttach::Generic => XdpMode::Skb,
+        };
+        ingress_xdp = Some(
             xdp(ebpf)?
-                .attach(name, mode)
+                .attach(name, how)
                 .map_err(|source| LoadError::Attach {
                     name: names::XDP_INGRESS,
                     interface: name.to_owned(),
                     hook: "xdp",
                     source: Box::new(source),
-                })?;
-            hooks.push("xdp ingress".to_owned());
-        } else {
+                })?,
+        );
+        hooks.push("xdp ingress".to_owned());
+    } else {
+        ingress_tc = Some(
             classifier(ebpf, names::TC_INGRESS)?
                 .attach(name, TcAttachType::Ingress)
                 .map_err(|source| LoadError::Attach {
@@ -208,19 +202,72 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &Config) -> Result<Attachments, LoadError> {
                     interface: name.to_owned(),
                     hook: tc_hook,
                     source: Box::new(source),
-                })?;
-            hooks.push(format!("{tc_hook} ingress"));
-        }
-        classifier(ebpf, names::TC_EGRESS)?
-            .attach(name, TcAttachType::Egress)
-            .map_err(|source| LoadError::Attach {
+                })?,
+        );
+        hooks.push(format!("{tc_hook} ingress"));
+    }
+    let egress = match classifier(ebpf, names::TC_EGRESS)?.attach(name, TcAttachType::Egress) {
+        Ok(id) => id,
+        Err(source) => {
+            // Leave nothing half-attached.
+            if let Some(id) = ingress_tc {
+                let _ = classifier(ebpf, names::TC_INGRESS).map(|p| p.detach(id));
+            }
+            if let Some(id) = ingress_xdp {
+                let _ = xdp(ebpf).map(|p| p.detach(id));
+            }
+            return Err(LoadError::Attach {
                 name: names::TC_EGRESS,
                 interface: name.to_owned(),
                 hook: tc_hook,
                 source: Box::new(source),
-            })?;
-        hooks.push(format!("{tc_hook} egress"));
-        att.hooks.push((name.to_owned(), hooks.join(", ")));
+            });
+        }
+    };
+    hooks.push(format!("{tc_hook} egress"));
+    Ok(IfaceLinks {
+        name: name.to_owned(),
+        ingress_tc,
+        ingress_xdp,
+        egress,
+        added_clsact,
+        hooks: hooks.join(", "),
+    })
+}
+
+/// Detaches one interface's programs. An interface that is already gone has lost its
+/// links with it (the kernel detaches on unregister): the errors are only logged.
+pub fn detach_one(ebpf: &mut Ebpf, links: IfaceLinks) {
+    if let Some(id) = links.ingress_tc {
+        if let Ok(p) = classifier(ebpf, names::TC_INGRESS) {
+            if let Err(e) = p.detach(id) {
+                debug!(interface = %links.name, error = %e, "tc ingress detach");
+            }
+        }
     }
-    Ok(att)
+    if let Some(id) = links.ingress_xdp {
+        if let Ok(p) = xdp(ebpf) {
+            if let Err(e) = p.detach(id) {
+                debug!(interface = %links.name, error = %e, "xdp detach");
+            }
+        }
+    }
+    if let Ok(p) = classifier(ebpf, names::TC_EGRESS) {
+        if let Err(e) = p.detach(links.egress) {
+            debug!(interface = %links.name, error = %e, "tc egress detach");
+        }
+    }
+    if links.added_clsact {
+        // aya has no qdisc delete; `tc` is part of iproute2 on every node that lacks
+        // TCX. Failure leaves an empty clsact qdisc, which is harmless.
+        match Command::new("tc")
+            .args(["qdisc", "del", "dev", &links.name, "clsact"])
+            .status()
+        {
+            Ok(s) if s.success() => debug!(interface = %links.name, "removed clsact qdisc"),
+            other => {
+                warn!(interface = %links.name, result = ?other, "could not remove the clsact qdisc flowlog added")
+            }
+        }
+    }
 }

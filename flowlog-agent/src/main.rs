@@ -5,6 +5,7 @@ use clap::Parser as _;
 use flowlog_agent::{
     agent,
     config::{Cli, Command, Config},
+    instance::control::Request,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +48,106 @@ fn main() -> ExitCode {
         }
         Command::Query(args) => analysis::exec("query", &args.args),
         Command::Report(args) => analysis::exec("report", &args.args),
+        Command::Create(a) => ctl::create(a),
+        Command::Start(a) => ctl::simple(&a.socket.socket, Request::Start { name: a.name }),
+        Command::Stop(a) => ctl::simple(&a.socket.socket, Request::Stop { name: a.name }),
+        Command::Delete(a) => ctl::simple(&a.socket.socket, Request::Delete { name: a.name }),
+        Command::List(a) => ctl::list(&a),
+        Command::Describe(a) => ctl::describe(&a.socket.socket, a.name),
+    }
+}
+
+/// The control commands: one request to the running agent's socket. A request the
+/// agent refuses exits 2 with its message; an agent that cannot be reached exits 1.
+mod ctl {
+    use std::{path::Path, process::ExitCode};
+
+    use flowlog_agent::{
+        agent::list_table,
+        config::{CreateArgs, EXIT_USAGE},
+        instance::{
+            control::{call, Request, Response},
+            FlowLogFile,
+        },
+    };
+
+    fn send(socket: &Path, req: &Request) -> Result<Response, ExitCode> {
+        match call(socket, req) {
+            Ok(r) if r.ok => Ok(r),
+            Ok(r) => {
+                eprintln!(
+                    "flowlog: error: {}",
+                    r.error
+                        .as_deref()
+                        .unwrap_or("the agent refused the request")
+                );
+                Err(ExitCode::from(EXIT_USAGE as u8))
+            }
+            Err(e) => {
+                eprintln!("flowlog: error: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        }
+    }
+
+    fn print_json<T: serde::Serialize>(v: &T) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).expect("status serializes")
+        );
+    }
+
+    pub fn create(a: CreateArgs) -> ExitCode {
+        let req = Request::Create {
+            flow_log: Box::new(FlowLogFile {
+                name: a.name,
+                description: a.description.unwrap_or_default(),
+                resource_type: a.resource_type,
+                resource_ids: a.resource_ids,
+                window: a.window,
+                traffic_type: a.traffic_type,
+                ip_version: a.ip_version,
+                traffic_path: a.traffic_path,
+                output: a.output,
+                sinks: a.sinks,
+                state: a.inactive.then(|| "inactive".to_owned()),
+            }),
+        };
+        match send(&a.socket.socket, &req) {
+            Ok(r) => {
+                if let Some(s) = r.flow_log {
+                    print_json(&s);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }
+    }
+
+    pub fn simple(socket: &Path, req: Request) -> ExitCode {
+        match send(socket, &req) {
+            Ok(r) => {
+                if let Some(s) = r.flow_log {
+                    print_json(&s);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }
+    }
+
+    pub fn list(a: &flowlog_agent::config::SocketArgs) -> ExitCode {
+        match send(&a.socket, &Request::List) {
+            Ok(r) => {
+                print!("{}", list_table(&r.flow_logs.unwrap_or_default()));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }
+    }
+
+    pub fn describe(socket: &Path, name: String) -> ExitCode {
+        simple(socket, Request::Describe { name })
     }
 }
 

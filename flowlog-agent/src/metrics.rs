@@ -352,7 +352,7 @@ mod tests {
                 sink: "stdout".into(),
             })
             .inc_by(7);
-        m.add_datapath(&[0; 14], &[5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        m.add_datapath(&[0; 15], &[5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
         let text = m.render();
         assert!(
             text.contains("flowlog_records_total{sink=\"stdout\"} 7\n"),

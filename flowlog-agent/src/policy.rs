@@ -274,7 +274,7 @@ fn port_range(v: &toml::Value) -> Result<(u16, u16), String> {
     }
 }
 
-fn cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
+pub(crate) fn cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
     if s.eq_ignore_ascii_case("any") {
         return Ok(None);
     }
@@ -305,7 +305,7 @@ fn cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
     Ok(Some((addr, len)))
 }
 
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
+pub(crate) fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
@@ -560,7 +560,7 @@ where
 }
 
 /// A second handle on the `CONFIG` map (the flow drain takes the first).
-fn config_handle(ebpf: &aya::Ebpf) -> Result<Array<MapData, u32>, ApplyError> {
+pub(crate) fn config_handle(ebpf: &aya::Ebpf) -> Result<Array<MapData, u32>, ApplyError> {
     use std::os::fd::AsFd as _;
     let name = names::CONFIG;
     let aya::maps::Map::Array(data) = ebpf.map(name).ok_or(ApplyError::MissingMap { name })? else {

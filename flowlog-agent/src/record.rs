@@ -451,7 +451,8 @@ mod tests {
             last_ns: 2,
             tcp_flags,
             closed: 0,
-            _pad: [0; 2],
+            traffic_path: flowlog_common::TRAFFIC_PATH_UNCLASSIFIED,
+            _pad: 0,
             rule_id: 0,
         }
     }

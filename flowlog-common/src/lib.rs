@@ -60,8 +60,9 @@ pub struct FlowKey {
     pub action: u8,
     /// [`key_flags`] bits.
     pub flags: u8,
-    /// traffic_path of the contract, [`TRAFFIC_PATH_UNCLASSIFIED`] until the kernel
-    /// classifies paths.
+    /// Always [`TRAFFIC_PATH_UNCLASSIFIED`] in the kernel: the path is decided once per
+    /// stream, when its entry is made, and kept in [`FlowStats::traffic_path`] (so the
+    /// per-packet lookup does not classify). The agent copies it here after a drain.
     pub traffic_path: u8,
     pub _pad: [u8; 2],
 }
@@ -86,7 +87,10 @@ pub struct FlowStats {
     pub tcp_flags: u8,
     /// 1 once a FIN or RST was seen on the stream in this window.
     pub closed: u8,
-    pub _pad: [u8; 2],
+    /// traffic_path of the contract, decided when the entry was made
+    /// ([`TRAFFIC_PATH_UNCLASSIFIED`] without a `[paths]` configuration).
+    pub traffic_path: u8,
+    pub _pad: u8,
     /// Id of the policy rule that decided the stream's last packet, or one of
     /// [`policy::RULE_NONE`], [`policy::RULE_DEFAULT`], [`policy::RULE_TRACKED`].
     pub rule_id: u32,
@@ -151,11 +155,15 @@ pub mod counter {
     /// version): with the streams' packets (one per frame without GSO) this accounts for
     /// every frame `SEEN`.
     pub const UNPLACED: u32 = 13;
+    /// Packets of new streams that no active flow log selects (IP version, data
+    /// transfer type or traffic path of every instance on the interface): no flow-map
+    /// entry was made for them.
+    pub const NOT_SELECTED: u32 = 14;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 
     /// Names for logs and metrics, indexed by counter.
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "seen",
         "not_ip",
         "truncated_l3",
@@ -170,6 +178,7 @@ pub mod counter {
         "policy_drop",
         "ct_error",
         "unplaced",
+        "not_selected",
     ];
 }
 
@@ -207,8 +216,74 @@ pub mod config {
     pub const POLICY_EPOCH: u32 = 1;
     /// Interfaces with a rule set bound (0: the programs skip policy evaluation).
     pub const POLICY_BOUND: u32 = 2;
+    /// Rules in `PATH_RULES` (0: no `[paths]`, streams stay unclassified).
+    pub const PATH_RULE_COUNT: u32 = 3;
     pub const COUNT: u32 = 4;
 }
+
+/// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
+/// agent from the active flow logs covering the interface, and the interface's role in
+/// traffic_path classification. An interface without an entry selects everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConf {
+    /// Bit `v` set: traffic_path value `v` is selected ([`select::ALL_PATHS`]: every
+    /// value, and unclassified streams).
+    pub paths: u32,
+    /// [`select`] `IPV4 | IPV6 | ACCEPT | REJECT` bits.
+    pub select: u8,
+    /// Role id of the interface in the `PATH_RULES` (0: none).
+    pub role: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<IfaceConf>() == 8);
+
+/// Bits of [`IfaceConf::select`] and the path classification tables.
+pub mod select {
+    pub const IPV4: u8 = 1 << 0;
+    pub const IPV6: u8 = 1 << 1;
+    pub const ACCEPT: u8 = 1 << 2;
+    pub const REJECT: u8 = 1 << 3;
+    pub const ALL: u8 = IPV4 | IPV6 | ACCEPT | REJECT;
+    /// [`super::IfaceConf::paths`]: every path, classified or not.
+    pub const ALL_PATHS: u32 = u32::MAX;
+    /// Rules of the traffic_path classification (first match wins).
+    pub const MAX_PATH_RULES: u32 = 32;
+    /// CIDRs of the classification's address sets.
+    pub const MAX_PATH_CIDRS: u32 = 4096;
+    /// Address sets (one bit each in the trie's value).
+    pub const MAX_PATH_SETS: u32 = 64;
+    /// [`super::PathRule`] fields that match anything.
+    pub const ANY: u8 = 0xff;
+    /// Bits of the path trie key before the address: the family.
+    pub const PATH_KEY_PREFIX_BITS: u32 = 32;
+}
+
+/// One traffic_path rule (`PATH_RULES`, in order): a stream whose interface role,
+/// direction and peer address set match gets `path`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRule {
+    /// Interface role id, or [`select::ANY`].
+    pub role: u8,
+    /// [`direction`] value, or [`select::ANY`].
+    pub direction: u8,
+    /// Address set (bit index in the trie value) the peer must be in, or [`select::ANY`].
+    pub set: u8,
+    /// The traffic_path value.
+    pub path: u8,
+}
+const _: () = assert!(core::mem::size_of::<PathRule>() == 4);
+
+/// Data of the path trie key (`PATH_CIDRS`): family then address; the LPM prefix
+/// length counts [`select::PATH_KEY_PREFIX_BITS`] plus the CIDR's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathCidrKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PathCidrKey>() == 20);
 
 /// Security policy as the kernel evaluates it: per interface a binding to a rule set;
 /// per rule set an LPM trie mapping (direction, family, peer address) to the bitmap of
@@ -334,6 +409,9 @@ pub mod names {
     pub const POLICY_CIDRS: [&str; 2] = ["POL_CIDR_0", "POL_CIDR_1"];
     pub const POLICY_RULES: [&str; 2] = ["POL_RULE_0", "POL_RULE_1"];
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const IFACES: &str = "IFACES";
+    pub const PATH_RULES: &str = "PATH_RULES";
+    pub const PATH_CIDRS: &str = "PATH_CIDRS";
     pub const TC_INGRESS: &str = "flowlog_tc_ingress";
     pub const TC_EGRESS: &str = "flowlog_tc_egress";
     pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";
@@ -357,6 +435,9 @@ mod user {
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for IfaceConf {}
+    unsafe impl aya::Pod for PathRule {}
+    unsafe impl aya::Pod for PathCidrKey {}
 
     impl SkipStats {
         pub fn merge(&mut self, other: &SkipStats) {

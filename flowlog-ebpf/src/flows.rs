@@ -14,6 +14,7 @@ use flowlog_common::{counter, FlowKey, FlowStats, SkipKey, SkipStats};
 use crate::{
     parse::{TCP_FIN, TCP_RST},
     prog::{bump, Parsed, CONFIG},
+    select::select,
 };
 
 /// Default capacities; the agent sets the real ones at load time.
@@ -47,7 +48,8 @@ pub(crate) fn generation() -> u32 {
 
 #[derive(PartialEq, Eq)]
 pub(crate) enum Recorded {
-    /// Counted in the stream's counters (or lost to a map error, which is counted).
+    /// Counted in the stream's counters (or lost to a map error, or not selected by
+    /// any flow log: both counted in `COUNTERS`).
     Stream,
     /// Counted in the skip counters.
     Skipped,
@@ -71,6 +73,13 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         add(s, p, closed);
         return Recorded::Stream;
     }
+    let Some(traffic_path) = select(p) else {
+        // SAFETY: per-CPU slot; BPF programs on one CPU do not preempt each other.
+        if let Some(c) = crate::prog::COUNTERS.get_ptr_mut(counter::NOT_SELECTED) {
+            unsafe { *c += p.packets };
+        }
+        return Recorded::Stream;
+    };
     let now = now_ns();
     let fresh = FlowStats {
         packets: p.packets,
@@ -79,7 +88,8 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         last_ns: now,
         tcp_flags: p.tcp_flags,
         closed,
-        _pad: [0; 2],
+        traffic_path,
+        _pad: 0,
         rule_id: p.rule_id,
     };
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {

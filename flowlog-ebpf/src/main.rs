@@ -9,6 +9,7 @@
 //!                        │ policy: binding ▸ verdict cache / LPM + rule walk / conntrack
 //!                        ▼
 //!  CONFIG[GENERATION] ─▶ FLOWS_<gen>  shared hash, atomic adds  FlowKey ─▶ FlowStats
+//!                        │  new stream: IFACES (selection) ▸ PATH_CIDRS + PATH_RULES (path)
 //!                        │  full? ─▶ SKIPPED_<gen> (distinct skipped streams)
 //!                        │          SKIP_STATS {ifindex, gen} (skipped packets/bytes)
 //!  FRAGS (LRU): ports of first fragments, for the later fragments of a datagram
@@ -16,7 +17,7 @@
 //! ```
 //!
 //! Modules: [`prog`] (entries, `CONFIG`, `COUNTERS`), [`parse`], [`policy`],
-//! [`flows`].
+//! [`flows`], [`select`] (what the active flow logs select; traffic_path).
 //!
 //! The programs observe: every path returns `TC_ACT_UNSPEC` (continue with the next
 //! program / default action) or `XDP_PASS`, whatever the packet looks like, except a
@@ -43,6 +44,8 @@ mod parse;
 mod policy;
 #[cfg(target_arch = "bpf")]
 mod prog;
+#[cfg(target_arch = "bpf")]
+mod select;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
