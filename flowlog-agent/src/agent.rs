@@ -193,7 +193,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         );
     }
     let maps = FlowMaps::take(&mut ebpf)?;
-    let watcher = LinkWatcher::start()?;
+    let mut watcher = LinkWatcher::start()?;
     let links = watcher.dump().await?;
     let (control_server, control_rx) = match &cfg.socket {
         Some(path) => {
@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         shared: HashMap::new(),
         metrics: Arc::clone(&metrics),
         tick: cfg.window,
+        last_counters: [0; counter::NAMES.len()],
         #[cfg(feature = "kubernetes")]
         pods: match &cfg.kubernetes {
             Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
@@ -262,6 +263,8 @@ struct Agent<'c> {
     metrics: Arc<Metrics>,
     /// The kernel's capture tick: the gcd of the running instances' windows.
     tick: Duration,
+    /// Data-path counters at the last drain.
+    last_counters: [u64; counter::NAMES.len()],
     #[cfg(feature = "kubernetes")]
     pods: Option<crate::kubernetes::PodWatcher>,
 }
@@ -350,7 +353,7 @@ impl Agent<'_> {
             max_flows = self.cfg.max_flows,
             "collecting"
         );
-        let mut last_counters = self.maps.counters()?;
+        self.last_counters = self.maps.counters()?;
         loop {
             let now = unix_now_ns()?;
             let tick_end = window::next_boundary(now, self.tick);
@@ -384,17 +387,11 @@ impl Agent<'_> {
                         );
                     }
                     self.drain(tick_end, switched, Due::Boundary).await?;
-                    let counters = self.maps.counters()?;
-                    report_counters(&last_counters, &counters);
-                    self.metrics.add_datapath(&last_counters, &counters);
-                    last_counters = counters;
                     self.metrics.window_done();
                 }
                 Wake::Stop => {
                     let now = unix_now_ns()?;
                     self.drain(now, now, Due::All).await?;
-                    let counters = self.maps.counters()?;
-                    report_counters(&last_counters, &counters);
                     info!("stopping: partial windows emitted, detaching");
                     return Ok(());
                 }
@@ -409,6 +406,18 @@ impl Agent<'_> {
                 },
                 Wake::Request(p) => {
                     let (req, reply) = *p;
+                    // A request sees the links as they are now (an interface or
+                    // bridge created just before it).
+                    if watcher.pending() {
+                        match watcher.dump().await {
+                            Ok(links) => {
+                                self.links = links;
+                                let now = unix_now_ns()?;
+                                self.reconcile(now);
+                            }
+                            Err(e) => error!(error = %e, "link table not refreshed"),
+                        }
+                    }
                     let response = self.handle(req).await?;
                     let _ = reply.send(response);
                 }
@@ -823,6 +832,10 @@ impl Agent<'_> {
         self.metrics.skipped_streams.inc_by(skipped_total.streams);
         self.metrics.skipped_packets.inc_by(skipped_total.packets);
         self.metrics.skipped_bytes.inc_by(skipped_total.bytes);
+        let counters = self.maps.counters()?;
+        report_counters(&self.last_counters, &counters);
+        self.metrics.add_datapath(&self.last_counters, &counters);
+        self.last_counters = counters;
         debug!(streams, "drained");
         Ok(())
     }

@@ -15,6 +15,7 @@
 //!
 //! Everything here needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN for `setns`, CAP_BPF).
 pub mod agent;
+pub mod control;
 pub mod known;
 pub mod netns;
 pub mod packet;

@@ -7,7 +7,7 @@
 //! within milliseconds, and one that disappears is released.
 use std::collections::BTreeMap;
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
     packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     MulticastGroup,
@@ -64,6 +64,8 @@ fn link_of(msg: LinkMessage) -> Option<Link> {
 pub struct LinkWatcher {
     handle: rtnetlink::Handle,
     events: futures_util::stream::BoxStream<'static, ()>,
+    /// An event arrived and no dump followed yet (survives a cancelled [`Self::changed`]).
+    dirty: bool,
 }
 
 impl LinkWatcher {
@@ -75,11 +77,13 @@ impl LinkWatcher {
         Ok(Self {
             handle,
             events: events.map(|_| ()).boxed(),
+            dirty: false,
         })
     }
 
-    /// The current link table.
-    pub async fn dump(&self) -> Result<Links, ScopeError> {
+    /// The current link table (and no event is pending any more).
+    pub async fn dump(&mut self) -> Result<Links, ScopeError> {
+        self.dirty = false;
         let mut out = Links::new();
         let mut s = self.handle.link().get().execute();
         while let Some(msg) = s.try_next().await.map_err(ScopeError::Dump)? {
@@ -91,11 +95,16 @@ impl LinkWatcher {
     }
 
     /// Waits for the next link event, then swallows the rest of its burst (a veth pair
-    /// is several messages), so the caller dumps once.
+    /// is several messages), so the caller dumps once. Cancel-safe: an event consumed
+    /// by a cancelled call leaves the watcher dirty, and the next call returns at once.
     pub async fn changed(&mut self) {
-        if self.events.next().await.is_none() {
-            // The connection ended: never wake again (the agent goes on with what it has).
-            std::future::pending::<()>().await;
+        if !self.dirty {
+            if self.events.next().await.is_none() {
+                // The connection ended: never wake again (the agent goes on with what
+                // it has).
+                std::future::pending::<()>().await;
+            }
+            self.dirty = true;
         }
         let quiet = tokio::time::sleep(std::time::Duration::from_millis(20));
         tokio::pin!(quiet);
@@ -105,6 +114,14 @@ impl LinkWatcher {
                 m = self.events.next() => if m.is_none() { break },
             }
         }
+    }
+
+    /// Whether link events arrived that no dump has followed yet (without waiting).
+    pub fn pending(&mut self) -> bool {
+        while let Some(Some(())) = self.events.next().now_or_never() {
+            self.dirty = true;
+        }
+        self.dirty
     }
 }
 
