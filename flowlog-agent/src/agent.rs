@@ -178,6 +178,7 @@ struct Running {
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
     let metrics = Arc::new(Metrics::new());
+    metrics.flow_map_capacity.set(i64::from(cfg.max_flows));
     if let Some(addr) = cfg.metrics_address {
         crate::metrics::serve(addr, Arc::clone(&metrics)).await?;
     }
