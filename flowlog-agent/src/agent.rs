@@ -24,7 +24,7 @@ use std::{
 };
 
 use aya::Ebpf;
-use flowlog_common::{counter, FlowKey, IfaceConf, SkipStats};
+use flowlog_common::{counter, IfaceConf, SkipStats};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, Mutex},
@@ -32,12 +32,12 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{Config, InterfaceConfig, Output, SinkConfig, SinkKind, TransferType},
-    drain::{DrainError, Drained, FlowMaps},
+    config::{Config, Output, SinkConfig, SinkKind},
+    drain::{DrainError, FlowMaps},
     instance::{
         control::{self, ControlError, Pending, Request, Response, Status},
         registry::{Origin, Registry, RegistryError, StateError},
-        schedule::{self, InstanceWindow, Member, Render},
+        schedule::{InstanceWindow, Member, Render},
         scope::{self, LinkWatcher, Links, ScopeError},
         Checks, FlowLogFile, FlowLogSpec, InstanceError, IpVersion, Resource, VSwitch,
     },
@@ -698,34 +698,11 @@ impl Agent<'_> {
     ) -> Result<(), AgentError> {
         let drain_start = Instant::now();
         let offset = mono_to_unix_offset()?;
-        // Which instances end their window now, at which time, and whether they can
-        // render streams directly (nothing accumulated).
-        let mut ends: HashMap<String, (u64, bool)> = HashMap::new();
-        for (name, r) in &self.running {
-            let end = match due {
-                Due::All => Some(switched),
-                Due::One(n) if n == name => Some(switched),
-                Due::One(_) => None,
-                Due::Boundary => {
-                    let b = window::next_boundary(r.window.start_ns, r.spec.window);
-                    (b <= tick_end).then_some(switched.max(tick_end))
-                }
-            };
-            if let Some(end) = end {
-                ends.insert(name.clone(), (end, !r.window.has_pending()));
-            }
-        }
-        let mut by_ifindex: HashMap<u32, Vec<String>> = HashMap::new();
-        for (name, r) in &self.running {
-            for ifindex in r.window.members.keys() {
-                by_ifindex.entry(*ifindex).or_default().push(name.clone());
-            }
-        }
         #[cfg(feature = "kubernetes")]
         let pods = self.pods.as_ref().map(|w| (w.snapshot(), &w.settings));
         #[cfg(feature = "kubernetes")]
         let pod_fields = pods.as_ref().map(|(index, settings)| {
-            move |out: &mut Vec<u8>, key: &FlowKey| {
+            move |out: &mut Vec<u8>, key: &flowlog_common::FlowKey| {
                 let (src, dst) = key.addrs();
                 crate::kubernetes::append_fields(out, index, settings, Some(src), Some(dst));
             }
@@ -735,6 +712,29 @@ impl Agent<'_> {
         #[cfg(not(feature = "kubernetes"))]
         let extra: Option<&ExtraFields<'_>> = None;
         let format = self.cfg.record_format;
+        // The running instances by position; which of them end their window now, at
+        // which time, and whether they render streams directly (nothing accumulated).
+        let mut runs: Vec<(&String, &mut Running)> = self.running.iter_mut().collect();
+        let ends: Vec<Option<(u64, bool)>> = runs
+            .iter()
+            .map(|(name, r)| {
+                let end = match due {
+                    Due::All => Some(switched),
+                    Due::One(n) => (n == name.as_str()).then_some(switched),
+                    Due::Boundary => {
+                        let b = window::next_boundary(r.window.start_ns, r.spec.window);
+                        (b <= tick_end).then_some(switched.max(tick_end))
+                    }
+                };
+                end.map(|e| (e, !r.window.has_pending()))
+            })
+            .collect();
+        let mut by_ifindex: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, (_, r)) in runs.iter().enumerate() {
+            for ifindex in r.window.members.keys() {
+                by_ifindex.entry(*ifindex).or_default().push(i);
+            }
+        }
         let mut drain = self.maps.switch()?;
         let mut batch = Vec::with_capacity(crate::drain::BATCH);
         let mut streams = 0usize;
@@ -744,19 +744,19 @@ impl Agent<'_> {
             streams += batch.len();
             for (key, stats) in batch.iter_mut() {
                 key.traffic_path = stats.traffic_path;
-                let Some(names) = by_ifindex.get(&key.ifindex) else {
+                let Some(covering) = by_ifindex.get(&key.ifindex) else {
                     continue;
                 };
-                for name in names {
-                    let r = self.running.get_mut(name).expect("running");
-                    let render = Render {
-                        format,
-                        id_scope: &r.id_scope,
-                        mono_to_unix: offset,
-                        extra,
-                    };
-                    match ends.get(name) {
-                        Some(&(end, true)) => {
+                for &i in covering {
+                    let r = &mut *runs[i].1;
+                    match ends[i] {
+                        Some((end, true)) => {
+                            let render = Render {
+                                format,
+                                id_scope: &r.id_scope,
+                                mono_to_unix: offset,
+                                extra,
+                            };
                             let before = r.buf.len();
                             r.window
                                 .stream(&r.spec, key, stats, Some((&mut r.buf, &render, end)));
@@ -768,8 +768,8 @@ impl Agent<'_> {
                     }
                 }
             }
-            for (name, r) in self.running.iter_mut() {
-                if r.buf.len() >= FLUSH_BYTES && ends.contains_key(name) {
+            for (_, r) in runs.iter_mut() {
+                if r.buf.len() >= FLUSH_BYTES {
                     r.out.write_batch(&r.buf).await?;
                     r.buf.clear();
                 }
@@ -782,16 +782,14 @@ impl Agent<'_> {
         let mut skipped_total = SkipStats::default();
         for (ifindex, s) in &skipped {
             skipped_total.merge(s);
-            if let Some(names) = by_ifindex.get(ifindex) {
-                for name in names {
-                    if let Some(r) = self.running.get_mut(name) {
-                        r.window.skipped(*ifindex, s);
-                    }
-                }
+            for &i in by_ifindex.get(ifindex).into_iter().flatten() {
+                runs[i].1.window.skipped(*ifindex, s);
             }
         }
-        for (name, (end, _)) in &ends {
-            let r = self.running.get_mut(name).expect("running");
+        for (i, (_, r)) in runs.iter_mut().enumerate() {
+            let Some((end, _)) = ends[i] else {
+                continue;
+            };
             let render = Render {
                 format,
                 id_scope: &r.id_scope,
@@ -799,7 +797,7 @@ impl Agent<'_> {
                 extra,
             };
             let before = r.buf.len();
-            r.window.finish(&mut r.buf, &render, *end);
+            r.window.finish(&mut r.buf, &render, end);
             r.bytes += (r.buf.len() - before) as u64;
             r.out.write_batch(&r.buf).await?;
             r.buf.clear();
@@ -821,6 +819,7 @@ impl Agent<'_> {
             }
             r.bytes = 0;
         }
+        drop(runs);
         // The records are out: now empty the drained generation (idle for a tick).
         self.maps.clear_idle()?;
         self.metrics
@@ -1136,234 +1135,3 @@ fn report_counters(before: &[u64], after: &[u64]) {
 
 /// Bytes of rendered records collected before they are handed to the sinks.
 const FLUSH_BYTES: usize = 1 << 20;
-
-/// Renders one window's records for a fixed list of interfaces: an OK record per
-/// stream, a SKIPDATA record per interface that overflowed, NODATA for each interface
-/// with neither. (The benchmark's renderer; the agent renders through
-/// [`crate::instance::schedule`], with the same functions.)
-pub struct WindowWriter<'a> {
-    interfaces: &'a [InterfaceConfig],
-    by_ifindex: HashMap<u32, usize>,
-    active: Vec<bool>,
-    start_s: u64,
-    end_s: u64,
-    render: Render<'a>,
-    transfer_type: TransferType,
-    /// Records rendered so far.
-    pub records: usize,
-}
-
-impl<'a> WindowWriter<'a> {
-    /// `mono_to_unix` is `unix_ns - monotonic_ns` (the kernel stamps coarse monotonic time).
-    pub fn new(
-        interfaces: &'a [InterfaceConfig],
-        start_s: u64,
-        end_s: u64,
-        mono_to_unix: i128,
-    ) -> Self {
-        Self {
-            interfaces,
-            by_ifindex: interfaces
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.ifindex, i))
-                .collect(),
-            active: vec![false; interfaces.len()],
-            start_s,
-            end_s,
-            render: Render {
-                format: crate::record::RecordFormat::Base,
-                id_scope: "-",
-                mono_to_unix,
-                extra: None,
-            },
-            transfer_type: TransferType::All,
-            records: 0,
-        }
-    }
-
-    /// Emit only the streams of this data transfer type.
-    pub fn with_filter(mut self, transfer_type: TransferType) -> Self {
-        self.transfer_type = transfer_type;
-        self
-    }
-
-    /// Appends the OK records of `flows`.
-    pub fn flows(&mut self, out: &mut Vec<u8>, flows: &[(FlowKey, flowlog_common::FlowStats)]) {
-        for (key, stats) in flows {
-            let Some(&i) = self.by_ifindex.get(&key.ifindex) else {
-                continue;
-            };
-            self.active[i] = true;
-            let wanted = match self.transfer_type {
-                TransferType::All => true,
-                TransferType::Allow => key.action == flowlog_common::action::ACCEPT,
-                TransferType::Reject => key.action == flowlog_common::action::REJECT,
-            };
-            if !wanted {
-                continue;
-            }
-            schedule::render_stream(
-                out,
-                &self.render,
-                &self.interfaces[i].meta,
-                key,
-                stats,
-                self.start_s,
-                self.end_s,
-            );
-            self.records += 1;
-        }
-    }
-
-    /// Appends SKIPDATA records for `skipped` and NODATA for idle interfaces.
-    pub fn finish(&mut self, out: &mut Vec<u8>, skipped: &[(u32, SkipStats)]) {
-        let mut skips = vec![None::<SkipStats>; self.interfaces.len()];
-        for (ifindex, s) in skipped {
-            if let Some(&i) = self.by_ifindex.get(ifindex) {
-                skips[i].get_or_insert_with(SkipStats::default).merge(s);
-            }
-        }
-        for (i, iface) in self.interfaces.iter().enumerate() {
-            if skips[i].is_some() || !self.active[i] {
-                schedule::render_status(
-                    out,
-                    &self.render,
-                    &iface.meta,
-                    skips[i],
-                    self.start_s,
-                    self.end_s,
-                );
-                self.records += 1;
-            }
-        }
-    }
-}
-
-/// Renders a whole drained window at once (see [`WindowWriter`]). Returns the
-/// number of records.
-pub fn render_window(
-    out: &mut Vec<u8>,
-    interfaces: &[InterfaceConfig],
-    drained: Drained,
-    start_s: u64,
-    end_s: u64,
-    mono_to_unix: i128,
-) -> usize {
-    let mut w = WindowWriter::new(interfaces, start_s, end_s, mono_to_unix);
-    w.flows(out, &drained.flows);
-    w.finish(out, &drained.skipped);
-    w.records
-}
-
-#[cfg(test)]
-mod tests {
-    use flowlog_common::{
-        action, direction, family, key_flags, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
-    };
-
-    use super::*;
-    use crate::record::InterfaceMeta;
-
-    fn iface(name: &str, ifindex: u32) -> InterfaceConfig {
-        InterfaceConfig {
-            name: name.to_owned(),
-            ifindex,
-            meta: InterfaceMeta {
-                eni_id: name.to_owned(),
-                ..Default::default()
-            },
-        }
-    }
-
-    fn key(ifindex: u32, sport: u16) -> FlowKey {
-        let mut k = FlowKey {
-            ifindex,
-            src_addr: [0; 16],
-            dst_addr: [0; 16],
-            src_port: sport,
-            dst_port: 80,
-            protocol: 6,
-            family: family::IPV4,
-            direction: direction::OUT,
-            action: action::ACCEPT,
-            flags: key_flags::PORTS,
-            traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
-            _pad: [0; 2],
-        };
-        k.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        k.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        k
-    }
-
-    fn lines(buf: &[u8]) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        std::str::from_utf8(buf)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn window_records_ok_skip_nodata_and_times() {
-        let ifs = [iface("a", 2), iface("b", 3), iface("c", 4)];
-        // Boot time 0 == unix 1000 s.
-        let offset = 1_000_000_000_000i128;
-        let open = FlowStats {
-            packets: 3,
-            bytes: 180,
-            first_ns: 5_500_000_000, // unix 1005.5
-            last_ns: 9_000_000_000,
-            tcp_flags: 0x18,
-            closed: 0,
-            traffic_path: flowlog_common::TRAFFIC_PATH_UNCLASSIFIED,
-            _pad: 0,
-            rule_id: 0,
-        };
-        let closed = FlowStats {
-            first_ns: 2_000_000_000, // before the window start: clamped
-            last_ns: 7_200_000_000,  // unix 1007
-            tcp_flags: 0x11,
-            closed: 1,
-            ..open
-        };
-        let drained = Drained {
-            flows: vec![(key(2, 2000), closed), (key(2, 1000), open)],
-            skipped: vec![(
-                3,
-                SkipStats {
-                    streams: 2,
-                    packets: 5,
-                    bytes: 500,
-                    uncounted_stream_packets: 0,
-                },
-            )],
-        };
-        let mut buf = Vec::new();
-        let n = render_window(&mut buf, &ifs, drained, 1004, 1010, offset);
-        assert_eq!(n, 4);
-        let recs = lines(&buf);
-        let get = |i: usize, k: &str| recs[i][k].as_str().unwrap().to_owned();
-        // Streams in drain order; the closed one ends at its last packet, the open
-        // one at the window end; a first packet before the window start is clamped.
-        assert_eq!(get(0, "srcport"), "2000");
-        assert_eq!(
-            (get(0, "start"), get(0, "end")),
-            ("1004".into(), "1007".into())
-        );
-        assert_eq!(get(1, "srcport"), "1000");
-        assert_eq!(
-            (get(1, "start"), get(1, "end")),
-            ("1005".into(), "1010".into())
-        );
-        assert_eq!(get(2, "log-status"), "SKIPDATA");
-        assert_eq!(get(2, "eni-id"), "b");
-        assert_eq!(get(2, "skipped-packets"), "5");
-        assert_eq!(get(3, "log-status"), "NODATA");
-        assert_eq!(get(3, "eni-id"), "c");
-        assert_eq!(
-            (get(3, "start"), get(3, "end")),
-            ("1004".into(), "1010".into())
-        );
-    }
-}

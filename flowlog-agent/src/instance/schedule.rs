@@ -373,4 +373,84 @@ mod tests {
         ));
         assert_eq!(lines(&out)[0]["srcport"], "5");
     }
+
+    #[test]
+    fn ok_skip_nodata_records_and_their_times() {
+        // Boot time 0 == unix 1000 s.
+        let r = Render {
+            format: RecordFormat::Base,
+            id_scope: "a",
+            mono_to_unix: 1_000_000_000_000,
+            extra: None,
+        };
+        let sp = spec(|_| {});
+        let mut w = InstanceWindow::new(1004 * S);
+        for (i, n) in [(2, "a"), (3, "b"), (4, "c")] {
+            w.members
+                .insert(i, Member::new(n.into(), meta(n), 1004 * S));
+        }
+        let open = FlowStats {
+            packets: 3,
+            bytes: 180,
+            first_ns: 5_500_000_000, // unix 1005.5
+            last_ns: 9_000_000_000,
+            tcp_flags: 0x18,
+            ..Default::default()
+        };
+        let closed = FlowStats {
+            first_ns: 2_000_000_000, // before the window start: clamped
+            last_ns: 7_200_000_000,  // unix 1007
+            tcp_flags: 0x11,
+            closed: 1,
+            ..open
+        };
+        let mut out = Vec::new();
+        let end = 1010 * S;
+        assert!(w.stream(
+            &sp,
+            &key(2, 2000, family::IPV4),
+            &closed,
+            Some((&mut out, &r, end))
+        ));
+        assert!(w.stream(
+            &sp,
+            &key(2, 1000, family::IPV4),
+            &open,
+            Some((&mut out, &r, end))
+        ));
+        w.skipped(
+            3,
+            &SkipStats {
+                streams: 2,
+                packets: 5,
+                bytes: 500,
+                uncounted_stream_packets: 0,
+            },
+        );
+        assert_eq!(w.finish(&mut out, &r, end).records, 2);
+        let recs = lines(&out);
+        let get = |i: usize, k: &str| recs[i][k].as_str().unwrap().to_owned();
+        // The closed stream ends at its last packet, the open one at the window end; a
+        // first packet before the window start is clamped.
+        assert_eq!(get(0, "srcport"), "2000");
+        assert_eq!(
+            (get(0, "start"), get(0, "end")),
+            ("1004".into(), "1007".into())
+        );
+        assert_eq!(get(1, "srcport"), "1000");
+        assert_eq!(
+            (get(1, "start"), get(1, "end")),
+            ("1005".into(), "1010".into())
+        );
+        assert_eq!(get(2, "log-status"), "SKIPDATA");
+        assert_eq!(get(2, "eni-id"), "b");
+        assert_eq!(get(2, "skipped-packets"), "5");
+        assert_eq!(get(3, "log-status"), "NODATA");
+        assert_eq!(get(3, "eni-id"), "c");
+        assert_eq!(
+            (get(3, "start"), get(3, "end")),
+            ("1004".into(), "1010".into())
+        );
+        assert_eq!(w.records, 4);
+    }
 }

@@ -1,8 +1,9 @@
 //! How long the agent's own code takes to drain N live flows at a window boundary and
-//! write them as JSON lines to a file: the same steps as the agent's `emit_window`
+//! write them as JSON lines to a file: the same steps as the agent's drain
 //! (`FlowMaps::switch`: generation flip + RCU grace period; `GenerationDrain::next_batch`
-//! (`BPF_MAP_LOOKUP_BATCH`) + `WindowWriter::flows` per batch, the buffer written every
-//! MiB; `GenerationDrain::finish` + `WindowWriter::finish`), timed per step; then
+//! (`BPF_MAP_LOOKUP_BATCH`) and `InstanceWindow::stream` per stream, rendering directly
+//! for a flow log whose window ends, the buffer written every MiB;
+//! `GenerationDrain::finish` and `InstanceWindow::finish`), timed per step; then
 //! `FlowMaps::clear_idle` (emptying the drained generation, after the records are
 //! out), timed apart. The flow map is filled from user space (one shared entry per
 //! stream), with max_entries as the agent's `--max-flows` would set them.
@@ -19,7 +20,12 @@ use aya::{
     EbpfLoader,
 };
 use flowlog_agent::{
-    agent::WindowWriter, config::InterfaceConfig, drain::FlowMaps, record::InterfaceMeta,
+    drain::FlowMaps,
+    instance::{
+        schedule::{InstanceWindow, Member, Render},
+        Checks, FlowLogFile, FlowLogSpec,
+    },
+    record::{InterfaceMeta, RecordFormat},
 };
 use flowlog_common::{
     action, direction, family, key_flags, names, FlowKey, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
@@ -111,14 +117,22 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
     }
     let fill = t.elapsed();
 
-    let ifaces = [InterfaceConfig {
-        name: "bench0".into(),
-        ifindex: IFINDEX,
-        meta: InterfaceMeta {
-            eni_id: "bench0".into(),
+    let (spec, _) = FlowLogSpec::validate(
+        &FlowLogFile {
+            name: "bench".into(),
+            resource_type: "ENI".into(),
+            resource_ids: vec!["bench0".into()],
+            window: Some("1m".into()),
             ..Default::default()
         },
-    }];
+        &Checks {
+            interface_exists: None,
+            bridge_exists: &|_| true,
+            paths_configured: false,
+            sinks: &[],
+        },
+    )
+    .context("the bench's flow log")?;
     let unix = clock(libc::CLOCK_REALTIME);
     let offset = unix as i128 - clock(libc::CLOCK_BOOTTIME) as i128;
     let end_s = unix / 1_000_000_000;
@@ -132,7 +146,25 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
     let mut bytes = 0usize;
     let t = Instant::now();
     let mut maps = FlowMaps::take(&mut ebpf)?;
-    let mut w = WindowWriter::new(&ifaces, end_s - 60, end_s, offset);
+    let end_ns = end_s * 1_000_000_000;
+    let mut w = InstanceWindow::new(end_ns - 60_000_000_000);
+    w.members.insert(
+        IFINDEX,
+        Member::new(
+            "bench0".into(),
+            InterfaceMeta {
+                eni_id: "bench0".into(),
+                ..Default::default()
+            },
+            end_ns - 60_000_000_000,
+        ),
+    );
+    let render = Render {
+        format: RecordFormat::Base,
+        id_scope: "bench",
+        mono_to_unix: offset,
+        extra: None,
+    };
     let mut gen = maps.switch()?;
     let mut batch = Vec::with_capacity(flowlog_agent::drain::BATCH);
     let mut buf = Vec::with_capacity(FLUSH_BYTES + (1 << 16));
@@ -143,7 +175,10 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
         batch.clear();
         let more = gen.next_batch(&mut batch)?;
         let t1 = Instant::now();
-        w.flows(&mut buf, &batch);
+        for (key, stats) in batch.iter_mut() {
+            key.traffic_path = stats.traffic_path;
+            w.stream(&spec, key, stats, Some((&mut buf, &render, end_ns)));
+        }
         let t2 = Instant::now();
         if buf.len() >= FLUSH_BYTES {
             file.write_all(&buf)?;
@@ -160,7 +195,10 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
     let t = Instant::now();
     let skipped = gen.finish()?;
     let t1 = Instant::now();
-    w.finish(&mut buf, &skipped);
+    for (ifindex, s) in &skipped {
+        w.skipped(*ifindex, s);
+    }
+    w.finish(&mut buf, &render, end_ns);
     let t2 = Instant::now();
     file.write_all(&buf)?;
     file.flush()?;
@@ -173,7 +211,7 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
     maps.clear_idle()?;
     let clear_t = t.elapsed();
     let _ = fs::remove_file(out);
-    let records = w.records;
+    let records = w.records as usize;
     if records != n {
         bail!("{n} flows drained into {records} records");
     }
@@ -229,7 +267,7 @@ pub fn run(
             "s (render + write alone)",
         )
         .note(format!(
-            "{} records, {:.1} MB of JSON lines: take + switch (RCU grace period) {:.3} s, batched read {:.3} s, WindowWriter {:.3} s, write {:.3} s; after the records are out (not counted), emptying the generation took {:.3} s",
+            "{} records, {:.1} MB of JSON lines: take + switch (RCU grace period) {:.3} s, batched read {:.3} s, render {:.3} s, write {:.3} s; after the records are out (not counted), emptying the generation took {:.3} s",
             t.records,
             t.bytes as f64 / 1e6,
             t.switch.as_secs_f64(),
