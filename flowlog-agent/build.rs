@@ -25,6 +25,9 @@ const SETUP: &str = "bash .ci/setup";
 fn pinned_toolchain() -> anyhow::Result<String> {
     println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_TOOLCHAIN");
     println!("cargo:rerun-if-changed={PIN_FILE}");
+    // The programs compile flowlog-common's ABI types in: a change there is a change
+    // of the object.
+    println!("cargo:rerun-if-changed=../flowlog-common/src");
     if let Some(tc) = env::var("FLOWLOG_EBPF_TOOLCHAIN")
         .ok()
         .filter(|t| !t.is_empty())

@@ -44,6 +44,7 @@ use crate::{
     loader::{self, IfaceLinks, LoadError},
     metrics::{Metrics, MetricsError, SinkLabels},
     paths::{PathsError, SelectMaps},
+    pin::{self, PinError, Pins},
     policy::{ApplyError, Policy, PolicyMaps},
     privilege::{self, PrivilegeError},
     record::InterfaceMeta,
@@ -81,6 +82,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -177,15 +180,41 @@ struct Running {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     privilege::check()?;
+    if cfg.cleanup {
+        match &cfg.pin_dir {
+            Some(root) => {
+                let (links, maps) = pin::cleanup(root)?;
+                eprintln!(
+                    "flowlog: removed {links} pinned links and {maps} pinned maps under {}",
+                    root.display()
+                );
+            }
+            None => eprintln!(
+                "flowlog: nothing pinned: no --pin-dir (and /sys/fs/bpf/flowlog is not in use)"
+            ),
+        }
+        return Ok(());
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.flow_map_capacity.set(i64::from(cfg.max_flows));
     if let Some(addr) = cfg.metrics_address {
         crate::metrics::serve(addr, Arc::clone(&metrics)).await?;
     }
-    let mut ebpf = loader::load(&cfg)?;
+    let (pins, adopted) = match &cfg.pin_dir {
+        Some(root) => {
+            let shape = pin::shape(cfg.max_flows, cfg.policy.is_some());
+            let (pins, adopted) = Pins::prepare(root, shape)?;
+            (Some(pins), adopted)
+        }
+        None => (None, None),
+    };
+    let mut ebpf = loader::load(&cfg, pins.as_ref())?;
     spawn_kernel_logs(&mut ebpf);
     let policy_maps = PolicyMaps::take(&mut ebpf)?;
     let mut select = SelectMaps::take(&mut ebpf)?;
+    if adopted.is_some() {
+        select.clear_ifaces();
+    }
     if let Some(paths) = &cfg.paths {
         select.install(paths)?;
         info!(
@@ -193,7 +222,12 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             "traffic_path classification installed"
         );
     }
-    let maps = FlowMaps::take(&mut ebpf)?;
+    let maps = FlowMaps::take_with(
+        &mut ebpf,
+        adopted,
+        pin::shape(cfg.max_flows, cfg.policy.is_some()),
+    )?;
+    let catch_up = adopted.is_some() && maps.idle_unemitted();
     let mut watcher = LinkWatcher::start()?;
     let links = watcher.dump().await?;
     let (control_server, control_rx) = match &cfg.socket {
@@ -219,6 +253,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         metrics: Arc::clone(&metrics),
         tick: cfg.window,
         last_counters: [0; counter::NAMES.len()],
+        pins,
+        catch_up,
+        handover: false,
         #[cfg(feature = "kubernetes")]
         pods: match &cfg.kubernetes {
             Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
@@ -226,11 +263,29 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         },
     };
     agent.declare()?;
+    if let Some(a) = adopted {
+        agent.adopt_links();
+        info!(
+            links = agent.attached.len(),
+            last_switch_s = a.last_switch_s,
+            catch_up,
+            "adopted the pinned maps and links of a previous agent: nothing it counted is lost"
+        );
+        if catch_up {
+            warn!("the previous agent stopped while emitting a window: its streams are emitted now (records of that window may repeat; record-id tells)");
+        }
+    }
     if let (Some((path, _)), Some(policy)) = (&cfg.policy, agent.policy.clone()) {
         agent.apply_policy(&policy)?;
         info!(policy = %path.display(), rule_sets = policy.sets.len(), "policy installed");
     }
     let now = unix_now_ns()?;
+    // Windows continue from the previous agent's last switch: the records of the first
+    // one cover what it counted while no agent ran.
+    let first_start = adopted
+        .map(|a| u64::from(a.last_switch_s) * 1_000_000_000)
+        .filter(|&t| t > 0 && t < now)
+        .unwrap_or(now);
     let names: Vec<String> = agent
         .registry
         .entries()
@@ -239,7 +294,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         .map(|e| e.spec.name.clone())
         .collect();
     for name in names {
-        agent.start_running(&name, now).await?;
+        agent.start_running(&name, first_start).await?;
     }
     agent.reconcile(now);
     let result = agent.main_loop(watcher, control_rx).await;
@@ -266,6 +321,13 @@ struct Agent<'c> {
     tick: Duration,
     /// Data-path counters at the last drain.
     last_counters: [u64; counter::NAMES.len()],
+    /// Where maps and links are pinned (`--pin-dir`).
+    pins: Option<Pins>,
+    /// The idle generation holds a previous agent's unemitted streams: the next drain
+    /// takes them too.
+    catch_up: bool,
+    /// SIGUSR2: leave everything attached and pinned for the next agent.
+    handover: bool,
     #[cfg(feature = "kubernetes")]
     pods: Option<crate::kubernetes::PodWatcher>,
 }
@@ -346,6 +408,7 @@ impl Agent<'_> {
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+        let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(AgentError::Signal)?;
         self.metrics.set_ready(self.tick);
         info!(
             tick = %window::format_window(self.tick),
@@ -371,6 +434,7 @@ impl Agent<'_> {
                 _ = tokio::time::sleep_until(deadline) => Wake::Tick,
                 _ = sigint.recv() => Wake::Stop,
                 _ = sigterm.recv() => Wake::Stop,
+                _ = sigusr2.recv() => { self.handover = self.pins.is_some(); if !self.handover { warn!("SIGUSR2 without --pin-dir: nothing can be handed over; stopping") } Wake::Stop },
                 _ = sighup.recv() => Wake::Hup,
                 _ = watcher.changed() => Wake::Links,
                 Some(p) = async { match control_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => Wake::Request(Box::new(p)),
@@ -393,7 +457,11 @@ impl Agent<'_> {
                 Wake::Stop => {
                     let now = unix_now_ns()?;
                     self.drain(now, now, Due::All).await?;
-                    info!("stopping: partial windows emitted, detaching");
+                    if self.handover {
+                        info!("handing over: partial windows emitted; programs stay attached and pinned for the next agent");
+                    } else {
+                        info!("stopping: partial windows emitted, detaching");
+                    }
                     return Ok(());
                 }
                 Wake::Hup => self.reload_policy(),
@@ -615,7 +683,7 @@ impl Agent<'_> {
         for ifindex in gone {
             if let Some(links) = self.attached.remove(&ifindex) {
                 info!(interface = %links.name, ifindex, "detaching");
-                loader::detach_one(&mut self.ebpf, links);
+                loader::detach_one(links);
             }
             self.select.remove_iface(ifindex);
             changed = true;
@@ -628,7 +696,14 @@ impl Agent<'_> {
                 continue;
             }
             let name = self.links[ifindex].name.clone();
-            match loader::attach_one(&mut self.ebpf, self.cfg.mode, self.cfg.xdp_attach, &name) {
+            match loader::attach_one(
+                &mut self.ebpf,
+                self.cfg.mode,
+                self.cfg.xdp_attach,
+                &name,
+                *ifindex,
+                self.pins.as_ref(),
+            ) {
                 Ok(links) => {
                     info!(interface = %name, ifindex, hooks = %links.hooks, "attached");
                     self.attached.insert(*ifindex, links);
@@ -735,57 +810,23 @@ impl Agent<'_> {
                 by_ifindex.entry(*ifindex).or_default().push(i);
             }
         }
-        let mut drain = self.maps.switch()?;
-        let mut batch = Vec::with_capacity(crate::drain::BATCH);
         let mut streams = 0usize;
-        loop {
-            batch.clear();
-            let more = drain.next_batch(&mut batch)?;
-            streams += batch.len();
-            for (key, stats) in batch.iter_mut() {
-                key.traffic_path = stats.traffic_path;
-                let Some(covering) = by_ifindex.get(&key.ifindex) else {
-                    continue;
-                };
-                for &i in covering {
-                    let r = &mut *runs[i].1;
-                    match ends[i] {
-                        Some((end, true)) => {
-                            let render = Render {
-                                format,
-                                id_scope: &r.id_scope,
-                                mono_to_unix: offset,
-                                extra,
-                            };
-                            let before = r.buf.len();
-                            r.window
-                                .stream(&r.spec, key, stats, Some((&mut r.buf, &render, end)));
-                            r.bytes += (r.buf.len() - before) as u64;
-                        }
-                        _ => {
-                            r.window.stream(&r.spec, key, stats, None);
-                        }
-                    }
-                }
-            }
-            for (_, r) in runs.iter_mut() {
-                if r.buf.len() >= FLUSH_BYTES {
-                    r.out.write_batch(&r.buf).await?;
-                    r.buf.clear();
-                }
-            }
-            if !more {
-                break;
-            }
-        }
-        let skipped = drain.finish()?;
         let mut skipped_total = SkipStats::default();
-        for (ifindex, s) in &skipped {
-            skipped_total.merge(s);
-            for &i in by_ifindex.get(ifindex).into_iter().flatten() {
-                runs[i].1.window.skipped(*ifindex, s);
-            }
+        let feed = Feed {
+            ends: &ends,
+            by_ifindex: &by_ifindex,
+            format,
+            offset,
+            extra,
+        };
+        if std::mem::take(&mut self.catch_up) {
+            let mut idle = self.maps.drain_idle();
+            streams += feed.streams(&mut idle, &mut runs).await?;
+            feed.skips(idle.finish()?, &mut runs, &mut skipped_total);
         }
+        let mut drain = self.maps.switch()?;
+        streams += feed.streams(&mut drain, &mut runs).await?;
+        feed.skips(drain.finish()?, &mut runs, &mut skipped_total);
         for (i, (_, r)) in runs.iter_mut().enumerate() {
             let Some((end, _)) = ends[i] else {
                 continue;
@@ -838,6 +879,83 @@ impl Agent<'_> {
         self.last_counters = counters;
         debug!(streams, "drained");
         Ok(())
+    }
+}
+
+/// Hands drained streams to the instances (see [`Agent::drain`]).
+struct Feed<'a, 'e> {
+    ends: &'a [Option<(u64, bool)>],
+    by_ifindex: &'a HashMap<u32, Vec<usize>>,
+    format: crate::record::RecordFormat,
+    offset: i128,
+    extra: Option<&'a ExtraFields<'e>>,
+}
+
+impl Feed<'_, '_> {
+    /// Every stream of a generation to the instances covering its interface; returns
+    /// the number of streams.
+    async fn streams(
+        &self,
+        drain: &mut crate::drain::GenerationDrain<'_>,
+        runs: &mut [(&String, &mut Running)],
+    ) -> Result<usize, AgentError> {
+        let mut batch = Vec::with_capacity(crate::drain::BATCH);
+        let mut streams = 0;
+        loop {
+            batch.clear();
+            let more = drain.next_batch(&mut batch)?;
+            streams += batch.len();
+            for (key, stats) in batch.iter_mut() {
+                key.traffic_path = stats.traffic_path;
+                let Some(covering) = self.by_ifindex.get(&key.ifindex) else {
+                    continue;
+                };
+                for &i in covering {
+                    let r = &mut *runs[i].1;
+                    match self.ends[i] {
+                        Some((end, true)) => {
+                            let render = Render {
+                                format: self.format,
+                                id_scope: &r.id_scope,
+                                mono_to_unix: self.offset,
+                                extra: self.extra,
+                            };
+                            let before = r.buf.len();
+                            r.window
+                                .stream(&r.spec, key, stats, Some((&mut r.buf, &render, end)));
+                            r.bytes += (r.buf.len() - before) as u64;
+                        }
+                        _ => {
+                            r.window.stream(&r.spec, key, stats, None);
+                        }
+                    }
+                }
+            }
+            for (_, r) in runs.iter_mut() {
+                if r.buf.len() >= FLUSH_BYTES {
+                    r.out.write_batch(&r.buf).await?;
+                    r.buf.clear();
+                }
+            }
+            if !more {
+                return Ok(streams);
+            }
+        }
+    }
+
+    /// A generation's skip counters to the instances covering each interface.
+    fn skips(
+        &self,
+        skipped: Vec<(u32, SkipStats)>,
+        runs: &mut [(&String, &mut Running)],
+        total: &mut SkipStats,
+    ) {
+        for (ifindex, s) in &skipped {
+            total.merge(s);
+            for &i in self.by_ifindex.get(ifindex).into_iter().flatten() {
+                runs[i].1.window.skipped(*ifindex, s);
+            }
+        }
     }
 }
 
@@ -994,6 +1112,50 @@ impl Agent<'_> {
         }
     }
 
+    /// Takes over the links a previous agent pinned, for the interfaces that still
+    /// exist (the pins of gone ones are removed).
+    fn adopt_links(&mut self) {
+        let Some(pins) = self.pins.clone() else {
+            return;
+        };
+        let mut by_if: BTreeMap<u32, Vec<(String, std::path::PathBuf)>> = BTreeMap::new();
+        for (ifindex, hook, path) in pins.links() {
+            by_if.entry(ifindex).or_default().push((hook, path));
+        }
+        for (ifindex, hooks) in by_if {
+            let Some(name) = self.links.get(&ifindex).map(|l| l.name.clone()) else {
+                for (_, p) in hooks {
+                    let _ = std::fs::remove_file(p);
+                }
+                continue;
+            };
+            let mut held = Vec::new();
+            let mut names = Vec::new();
+            let mut failed = hooks.len() != 2;
+            for (hook, path) in hooks {
+                match loader::adopt_link(&mut self.ebpf, self.cfg.mode, &hook, &path, &name) {
+                    Ok(link) => {
+                        held.push((link, path));
+                        names.push(format!("adopted {hook}"));
+                    }
+                    Err(e) => {
+                        warn!(interface = %name, error = %e, "pinned link not adopted");
+                        let _ = std::fs::remove_file(&path);
+                        failed = true;
+                    }
+                }
+            }
+            let links = loader::adopted(&name, held, names.join(", "));
+            if failed {
+                // Attached afresh by the reconcile that follows.
+                loader::detach_one(links);
+                continue;
+            }
+            info!(interface = %name, ifindex, hooks = %links.hooks, "adopted");
+            self.attached.insert(ifindex, links);
+        }
+    }
+
     /// Closes every sink and detaches everything.
     async fn shutdown(&mut self) {
         for (name, r) in self.running.iter_mut() {
@@ -1008,7 +1170,17 @@ impl Agent<'_> {
         }
         let attached = std::mem::take(&mut self.attached);
         for (_, links) in attached {
-            loader::detach_one(&mut self.ebpf, links);
+            if self.handover {
+                loader::hand_over(links);
+            } else {
+                loader::detach_one(links);
+            }
+        }
+        if let (Some(pins), false) = (&self.pins, self.handover) {
+            // A clean stop leaves nothing behind.
+            if let Err(e) = pin::cleanup(&pins.root) {
+                warn!(error = %e, "removing the pins");
+            }
         }
     }
 }

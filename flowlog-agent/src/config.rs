@@ -258,6 +258,15 @@ pub struct RunArgs {
     /// none with --interface]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Pin maps and links in this bpffs directory so that counting survives the agent
+    /// (crash, SIGKILL, SIGUSR2 hand-over) and the next agent adopts them [default:
+    /// /sys/fs/bpf/flowlog when it is a bpffs, or none with --interface]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Remove everything pinned under the pin directory (detaching its programs) and
+    /// exit.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 /// One `[[sink]]` of the config file.
@@ -444,6 +453,8 @@ pub struct FileConfig {
     pub socket_group: Option<String>,
     /// Where flow logs created through the socket are kept.
     pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: Option<PathBuf>,
     /// Instances per node (default 10).
     pub max_flow_logs: Option<usize>,
 }
@@ -507,6 +518,10 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// State directory (`None`: instances are not saved).
     pub state_dir: Option<PathBuf>,
+    /// bpffs directory of pinned maps and links (`None`: nothing outlives the agent).
+    pub pin_dir: Option<PathBuf>,
+    /// `--cleanup`: remove the pins and exit.
+    pub cleanup: bool,
     pub max_flow_logs: usize,
     /// Record metadata of an interface the config does not list (eni-id = its name).
     pub node_meta: InterfaceMeta,
@@ -514,6 +529,8 @@ pub struct Config {
 
 /// Default state directory of the daemon.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/flowlog";
+/// Default pin directory of the daemon (when `/sys/fs/bpf` is a bpffs).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/flowlog";
 
 impl Config {
     /// Record metadata of an interface: its `[[interfaces]]` entry (or `--interface`
@@ -888,6 +905,10 @@ impl Config {
             .clone()
             .or(file.state_dir.clone())
             .or_else(|| daemon.then(|| PathBuf::from(DEFAULT_STATE_DIR)));
+        let pin_dir = args.pin_dir.clone().or(file.pin_dir.clone()).or_else(|| {
+            let default = Path::new(DEFAULT_PIN_DIR);
+            (daemon && crate::pin::on_bpffs(default)).then(|| default.to_owned())
+        });
         let node_meta = InterfaceMeta {
             eni_id: String::new(),
             account_id: account_id.clone(),
@@ -923,6 +944,8 @@ impl Config {
             socket,
             socket_group: file.socket_group.clone(),
             state_dir,
+            pin_dir,
+            cleanup: args.cleanup,
             max_flow_logs: file
                 .max_flow_logs
                 .unwrap_or(crate::instance::DEFAULT_MAX_FLOW_LOGS),

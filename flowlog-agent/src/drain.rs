@@ -103,6 +103,17 @@ fn raw_fd<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
 impl FlowMaps {
     /// Takes the maps out of a loaded object and makes generation 0 active.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DrainError> {
+        Self::take_with(ebpf, None, 0)
+    }
+
+    /// As [`FlowMaps::take`]; with `adopted` (pinned maps of a previous agent) the
+    /// active generation stays and the idle one is marked for clearing; fresh maps get
+    /// their `shape` and layout version written.
+    pub fn take_with(
+        ebpf: &mut Ebpf,
+        adopted: Option<crate::pin::Adopted>,
+        shape: u32,
+    ) -> Result<Self, DrainError> {
         let mut maps = Self {
             flows: [take(ebpf, names::FLOWS[0])?, take(ebpf, names::FLOWS[1])?],
             skipped: [
@@ -116,10 +127,50 @@ impl FlowMaps {
             active: 0,
             dirty: [false; 2],
         };
-        maps.config
-            .set(config::GENERATION, 0, 0)
-            .map_err(DrainError::Switch)?;
+        match adopted {
+            Some(a) => {
+                maps.active = a.generation & 1;
+                maps.dirty[(maps.active ^ 1) as usize] = true;
+            }
+            None => {
+                for (slot, v) in [
+                    (config::GENERATION, 0),
+                    (config::SHAPE, shape),
+                    (config::LAYOUT, flowlog_common::LAYOUT_VERSION),
+                    (config::EMITTED, 0),
+                    (config::LAST_SWITCH_S, 0),
+                ] {
+                    maps.config.set(slot, v, 0).map_err(DrainError::Switch)?;
+                }
+            }
+        }
         Ok(maps)
+    }
+
+    /// Whether the idle generation holds streams whose records never went out (a
+    /// previous agent stopped between a switch and the end of its emission).
+    pub fn idle_unemitted(&self) -> bool {
+        let idle = self.active ^ 1;
+        let emitted = self.config.get(&config::EMITTED, 0).unwrap_or(0);
+        emitted != idle + 1 && self.flows[idle as usize].keys().next().is_some()
+    }
+
+    /// Drains the idle generation without switching (see [`FlowMaps::idle_unemitted`]).
+    pub fn drain_idle(&mut self) -> GenerationDrain<'_> {
+        let g = self.active ^ 1;
+        let cursor = BatchDrain::new(
+            raw_fd(&self.flows[g as usize]),
+            size_of::<FlowKey>(),
+            size_of::<FlowStats>(),
+            BATCH,
+        )
+        .read_only();
+        self.dirty[g as usize] = true;
+        GenerationDrain {
+            maps: self,
+            gen: g,
+            cursor,
+        }
     }
 
     /// Ends the current window: switches the programs to the other generation and
@@ -132,6 +183,12 @@ impl FlowMaps {
         }
         self.config
             .set(config::GENERATION, new, 0)
+            .map_err(DrainError::Switch)?;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        self.config
+            .set(config::LAST_SWITCH_S, now_s, 0)
             .map_err(DrainError::Switch)?;
         self.barrier.synchronize()?;
         self.active = new;
@@ -165,6 +222,10 @@ impl FlowMaps {
     /// Step 4: empties the generation drained last (call once its records are out).
     pub fn clear_idle(&mut self) -> Result<(), DrainError> {
         let idle = self.active ^ 1;
+        // Its records are out: a successor must not emit it again.
+        self.config
+            .set(config::EMITTED, idle + 1, 0)
+            .map_err(DrainError::Switch)?;
         if self.dirty[idle as usize] {
             self.clear(idle)?;
         }

@@ -10,6 +10,7 @@ pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
 pub mod paths;
+pub mod pin;
 pub mod policy;
 pub mod privilege;
 pub mod rcu;

@@ -5,12 +5,16 @@
 //! return `TC_ACT_UNSPEC` / TCX "next"). XDP mode puts the ingress observer at XDP
 //! instead of TC ingress. Links live in the `Ebpf` object: dropping it detaches
 //! everything; a `clsact` qdisc that we had to add is removed by [`Attachments`].
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use aya::{
     programs::{
-        tc::{self, SchedClassifierLinkId, TcAttachType},
-        xdp::XdpLinkId,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttachType},
+        xdp::XdpLink,
         ProgramError, SchedClassifier, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -19,7 +23,10 @@ use aya::{
 use flowlog_common::names;
 use tracing::{debug, warn};
 
-use crate::config::{Config, Mode, XdpAttach};
+use crate::{
+    config::{Config, Mode, XdpAttach},
+    pin::Pins,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -41,6 +48,22 @@ pub enum LoadError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("pinning the link of {interface} at {}: {source}", path.display())]
+    Pin {
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("{name} on {interface} ({hook}) is not a link with an fd: {problem}")]
+    LinkFd {
+        name: &'static str,
+        interface: String,
+        hook: &'static str,
+        problem: String,
+    },
+    #[error("taking over the pinned link {}: {problem}", path.display())]
+    Adopt { path: PathBuf, problem: String },
     #[error("attaching {name} to {interface} ({hook}): {source}")]
     Attach {
         name: &'static str,
@@ -74,8 +97,9 @@ pub fn skipped_set_size(max_flows: u32) -> u32 {
     (max_flows / 4).max(1024)
 }
 
-/// Loads the object with map sizes from `cfg` and loads (verifies) every program.
-pub fn load(cfg: &Config) -> Result<Ebpf, LoadError> {
+/// Loads the object with map sizes from `cfg` and loads (verifies) every program. With
+/// `pins`, every map is pinned there (or the pinned one is reused).
+pub fn load(cfg: &Config, pins: Option<&Pins>) -> Result<Ebpf, LoadError> {
     let object = crate::ebpf_object();
     if object.is_empty() {
         return Err(LoadError::NotBuilt);
@@ -97,6 +121,11 @@ pub fn load(cfg: &Config) -> Result<Ebpf, LoadError> {
             .chain([names::CONNTRACK])
         {
             loader.map_max_entries(name, 1);
+        }
+    }
+    if let Some(pins) = pins {
+        for name in names::PINNED {
+            loader.map_pin_path(name, pins.map_path(name));
         }
     }
     let mut ebpf = loader
@@ -143,119 +172,247 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         })
 }
 
-/// The links of one interface.
+/// The links of one interface, held as link fds (and pinned with `--pin-dir`).
 #[derive(Debug)]
 pub struct IfaceLinks {
     pub name: String,
-    ingress_tc: Option<SchedClassifierLinkId>,
-    ingress_xdp: Option<XdpLinkId>,
-    egress: SchedClassifierLinkId,
+    links: Vec<Hold>,
     /// We added the `clsact` qdisc (pre-TCX kernels only): removed on detach.
     added_clsact: bool,
     /// How it is hooked, e.g. "tcx ingress, tcx egress".
     pub hooks: String,
 }
 
-/// Attaches the programs to one interface (by name; `mode`/`xdp_attach` as configured).
+fn link_err<'a>(
+    name: &'static str,
+    interface: &'a str,
+    hook: &'static str,
+) -> impl FnOnce(ProgramError) -> LoadError + 'a {
+    move |source| LoadError::Attach {
+        name,
+        interface: interface.to_owned(),
+        hook,
+        source: Box::new(source),
+    }
+}
+
+fn fd_link<L>(
+    link: L,
+    name: &'static str,
+    interface: &str,
+    hook: &'static str,
+) -> Result<FdLink, LoadError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| LoadError::LinkFd {
+        name,
+        interface: interface.to_owned(),
+        hook,
+        problem: e.to_string(),
+    })
+}
+
+/// A link the agent holds: an fd link (TCX, XDP), pinned or not, or a netlink clsact
+/// filter (pre-TCX kernels, detached when dropped).
+#[derive(Debug)]
+enum Hold {
+    Fd(FdLink, Option<PathBuf>),
+    Netlink(#[allow(dead_code)] SchedClassifierLink),
+}
+
+/// Pins `link` at `path` (if any) and keeps its fd.
+fn keep(link: FdLink, path: Option<PathBuf>, interface: &str) -> Result<Hold, LoadError> {
+    match path {
+        None => Ok(Hold::Fd(link, None)),
+        Some(p) => {
+            let _ = std::fs::remove_file(&p);
+            let pinned = link.pin(&p).map_err(|e| LoadError::Pin {
+                interface: interface.to_owned(),
+                path: p.clone(),
+                source: Box::new(e),
+            })?;
+            Ok(Hold::Fd(FdLink::from(pinned), Some(p)))
+        }
+    }
+}
+
+/// Attaches the programs to one interface (by name; `mode`/`xdp_attach` as
+/// configured), pinning the links under `pins`.
 pub fn attach_one(
     ebpf: &mut Ebpf,
     mode: Mode,
     xdp_attach: XdpAttach,
     name: &str,
+    ifindex: u32,
+    pins: Option<&Pins>,
 ) -> Result<IfaceLinks, LoadError> {
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    let mut added_clsact = false;
+    let mut out = IfaceLinks {
+        name: name.to_owned(),
+        links: Vec::new(),
+        added_clsact: false,
+        hooks: String::new(),
+    };
     if !tcx {
         match tc::qdisc_add_clsact(name) {
-            Ok(()) => added_clsact = true,
+            Ok(()) => out.added_clsact = true,
             // EEXIST: the interface already has clsact (someone else's): keep it.
             Err(e) => debug!(interface = name, error = %e, "clsact not added"),
         }
     }
     let tc_hook = if tcx { "tcx" } else { "tc clsact" };
-    let mut hooks = Vec::new();
-    let (mut ingress_tc, mut ingress_xdp): (Option<SchedClassifierLinkId>, Option<XdpLinkId>) =
-        (None, None);
-    if mode == Mode::Xdp {
-        let how = match xdp_attach {
-            XdpAttach::Auto => XdpMode::Default,
-            XdpAttach::Native => XdpMode::Driver,
-            XdpAttach::Generic => XdpMode::Skb,
-        };
-        ingress_xdp = Some(
-            xdp(ebpf)?
-                .attach(name, how)
-                .map_err(|source| LoadError::Attach {
-                    name: names::XDP_INGRESS,
-                    interface: name.to_owned(),
-                    hook: "xdp",
-                    source: Box::new(source),
-                })?,
-        );
-        hooks.push("xdp ingress".to_owned());
-    } else {
-        ingress_tc = Some(
-            classifier(ebpf, names::TC_INGRESS)?
-                .attach(name, TcAttachType::Ingress)
-                .map_err(|source| LoadError::Attach {
-                    name: names::TC_INGRESS,
-                    interface: name.to_owned(),
-                    hook: tc_hook,
-                    source: Box::new(source),
-                })?,
-        );
-        hooks.push(format!("{tc_hook} ingress"));
-    }
-    let egress = match classifier(ebpf, names::TC_EGRESS)?.attach(name, TcAttachType::Egress) {
-        Ok(id) => id,
-        Err(source) => {
-            // Leave nothing half-attached.
-            if let Some(id) = ingress_tc {
-                let _ = classifier(ebpf, names::TC_INGRESS).map(|p| p.detach(id));
-            }
-            if let Some(id) = ingress_xdp {
-                let _ = xdp(ebpf).map(|p| p.detach(id));
-            }
-            return Err(LoadError::Attach {
-                name: names::TC_EGRESS,
-                interface: name.to_owned(),
-                hook: tc_hook,
-                source: Box::new(source),
-            });
-        }
+    // Links of the netlink (clsact) kind have no fd to pin: they die with the agent.
+    let pin = |hook: &str| {
+        pins.filter(|_| tcx || mode == Mode::Xdp)
+            .map(|p| p.link_path(ifindex, hook))
     };
-    hooks.push(format!("{tc_hook} egress"));
-    Ok(IfaceLinks {
-        name: name.to_owned(),
-        ingress_tc,
-        ingress_xdp,
-        egress,
-        added_clsact,
-        hooks: hooks.join(", "),
-    })
+    let mut hooks = Vec::new();
+    let result = (|| -> Result<(), LoadError> {
+        if mode == Mode::Xdp {
+            let how = match xdp_attach {
+                XdpAttach::Auto => XdpMode::Default,
+                XdpAttach::Native => XdpMode::Driver,
+                XdpAttach::Generic => XdpMode::Skb,
+            };
+            let p = xdp(ebpf)?;
+            let id = p
+                .attach(name, how)
+                .map_err(link_err(names::XDP_INGRESS, name, "xdp"))?;
+            let link = p
+                .take_link(id)
+                .map_err(link_err(names::XDP_INGRESS, name, "xdp"))?;
+            let fd = fd_link(link, names::XDP_INGRESS, name, "xdp")?;
+            out.links.push(keep(fd, pin("ingress"), name)?);
+            hooks.push("xdp ingress".to_owned());
+        } else {
+            let p = classifier(ebpf, names::TC_INGRESS)?;
+            let id = p.attach(name, TcAttachType::Ingress).map_err(link_err(
+                names::TC_INGRESS,
+                name,
+                tc_hook,
+            ))?;
+            let link = p
+                .take_link(id)
+                .map_err(link_err(names::TC_INGRESS, name, tc_hook))?;
+            if tcx {
+                let fd = fd_link(link, names::TC_INGRESS, name, tc_hook)?;
+                out.links.push(keep(fd, pin("ingress"), name)?);
+            } else {
+                out.links.push(Hold::Netlink(link));
+            }
+            hooks.push(format!("{tc_hook} ingress"));
+        }
+        let p = classifier(ebpf, names::TC_EGRESS)?;
+        let id = p.attach(name, TcAttachType::Egress).map_err(link_err(
+            names::TC_EGRESS,
+            name,
+            tc_hook,
+        ))?;
+        let link = p
+            .take_link(id)
+            .map_err(link_err(names::TC_EGRESS, name, tc_hook))?;
+        if tcx {
+            let fd = fd_link(link, names::TC_EGRESS, name, tc_hook)?;
+            out.links.push(keep(fd, pin("egress"), name)?);
+        } else {
+            out.links.push(Hold::Netlink(link));
+        }
+        hooks.push(format!("{tc_hook} egress"));
+        Ok(())
+    })();
+    out.hooks = hooks.join(", ");
+    match result {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            // Leave nothing half-attached.
+            detach_one(out);
+            Err(e)
+        }
+    }
 }
 
-/// Detaches one interface's programs. An interface that is already gone has lost its
-/// links with it (the kernel detaches on unregister): the errors are only logged.
-pub fn detach_one(ebpf: &mut Ebpf, links: IfaceLinks) {
-    if let Some(id) = links.ingress_tc {
-        if let Ok(p) = classifier(ebpf, names::TC_INGRESS) {
-            if let Err(e) = p.detach(id) {
-                debug!(interface = %links.name, error = %e, "tc ingress detach");
-            }
+/// Takes over a link a previous agent pinned: its program is replaced with this
+/// agent's (atomically) and the pin stays. `hook` is `ingress` or `egress`.
+pub fn adopt_link(
+    ebpf: &mut Ebpf,
+    mode: Mode,
+    hook: &str,
+    path: &Path,
+    interface: &str,
+) -> Result<FdLink, LoadError> {
+    let fd: FdLink = PinnedLink::from_pin(path)
+        .map_err(|e| LoadError::Adopt {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        })?
+        .into();
+    let adopt_err = |e: String| LoadError::Adopt {
+        path: path.to_owned(),
+        problem: e,
+    };
+    if hook == "ingress" && mode == Mode::Xdp {
+        let link = XdpLink::try_from(fd)
+            .map_err(|e| adopt_err(format!("not an XDP link ({e}): the mode changed")))?;
+        let p = xdp(ebpf)?;
+        let id = p
+            .attach_to_link(link)
+            .map_err(|e| adopt_err(e.to_string()))?;
+        let link = p.take_link(id).map_err(|e| adopt_err(e.to_string()))?;
+        fd_link(link, names::XDP_INGRESS, interface, "xdp")
+    } else {
+        let name = if hook == "ingress" {
+            names::TC_INGRESS
+        } else {
+            names::TC_EGRESS
+        };
+        let link = SchedClassifierLink::try_from(fd)
+            .map_err(|e| adopt_err(format!("not a TCX link ({e}): the mode changed")))?;
+        let p = classifier(ebpf, name)?;
+        let id = p
+            .attach_to_link(link)
+            .map_err(|e| adopt_err(e.to_string()))?;
+        let link = p.take_link(id).map_err(|e| adopt_err(e.to_string()))?;
+        fd_link(link, name, interface, "tcx")
+    }
+}
+
+/// The links of an interface taken over from a previous agent.
+pub fn adopted(name: &str, links: Vec<(FdLink, PathBuf)>, hooks: String) -> IfaceLinks {
+    IfaceLinks {
+        name: name.to_owned(),
+        links: links
+            .into_iter()
+            .map(|(l, p)| Hold::Fd(l, Some(p)))
+            .collect(),
+        added_clsact: false,
+        hooks,
+    }
+}
+
+/// Hands an interface's links over to the next agent: closes our fds, keeps the pins
+/// (the programs stay attached).
+pub fn hand_over(links: IfaceLinks) {
+    for hold in links.links {
+        match hold {
+            // Closing our fd leaves the pinned link (and its program) attached.
+            Hold::Fd(link, Some(_)) => drop(link),
+            // Nothing to hand over: detached.
+            other => drop(other),
         }
     }
-    if let Some(id) = links.ingress_xdp {
-        if let Ok(p) = xdp(ebpf) {
-            if let Err(e) = p.detach(id) {
-                debug!(interface = %links.name, error = %e, "xdp detach");
+}
+
+/// Detaches one interface's programs: removes the pins and closes the link fds (the
+/// last references). An interface that is already gone lost its links with it.
+pub fn detach_one(links: IfaceLinks) {
+    for hold in links.links {
+        if let Hold::Fd(_, Some(p)) = &hold {
+            if let Err(e) = std::fs::remove_file(p) {
+                debug!(interface = %links.name, pin = %p.display(), error = %e, "unpin");
             }
         }
-    }
-    if let Ok(p) = classifier(ebpf, names::TC_EGRESS) {
-        if let Err(e) = p.detach(links.egress) {
-            debug!(interface = %links.name, error = %e, "tc egress detach");
-        }
+        drop(hold);
     }
     if links.added_clsact {
         // aya has no qdisc delete; `tc` is part of iproute2 on every node that lacks

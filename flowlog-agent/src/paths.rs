@@ -321,6 +321,14 @@ impl SelectMaps {
             })
     }
 
+    /// Forgets every interface (adopted maps hold a previous agent's entries).
+    pub fn clear_ifaces(&mut self) {
+        let keys: Vec<u32> = self.ifaces.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.ifaces.remove(&k);
+        }
+    }
+
     pub fn remove_iface(&mut self, ifindex: u32) {
         let _ = self.ifaces.remove(&ifindex);
     }

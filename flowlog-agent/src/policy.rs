@@ -585,6 +585,10 @@ impl PolicyMaps {
     /// Takes the policy maps out of the object (before the flow drain takes `CONFIG`).
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, ApplyError> {
         let config = config_handle(ebpf)?;
+        // Pinned maps of a previous agent carry on from its epoch.
+        let epoch = config
+            .get(&flowlog_common::config::POLICY_EPOCH, 0)
+            .unwrap_or(0);
         Ok(Self {
             bindings: [
                 take(ebpf, names::POLICY_BINDINGS[0])?,
@@ -600,7 +604,7 @@ impl PolicyMaps {
             ],
             config,
             barrier: RcuBarrier::new()?,
-            epoch: 0,
+            epoch,
         })
     }
 

@@ -218,8 +218,22 @@ pub mod config {
     pub const POLICY_BOUND: u32 = 2;
     /// Rules in `PATH_RULES` (0: no `[paths]`, streams stay unclassified).
     pub const PATH_RULE_COUNT: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// The shape the maps were created with (`max_flows`, bit 31: policy maps full
+    /// size): an agent adopts pinned maps only of its own shape.
+    pub const SHAPE: u32 = 4;
+    /// Unix seconds of the last generation switch: where the next window starts.
+    pub const LAST_SWITCH_S: u32 = 5;
+    /// `generation + 1` of the last generation whose records are out (0: none).
+    pub const EMITTED: u32 = 6;
+    /// [`super::LAYOUT_VERSION`] of the maps.
+    pub const LAYOUT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
+
+/// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
+/// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
+/// another version.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in
@@ -412,6 +426,29 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     pub const PATH_RULES: &str = "PATH_RULES";
     pub const PATH_CIDRS: &str = "PATH_CIDRS";
+    pub const VERDICTS: &str = "VERDICTS";
+    /// Every map pinned across agent restarts (all but the kernel log ring).
+    pub const PINNED: [&str; 19] = [
+        FLOWS[0],
+        FLOWS[1],
+        SKIPPED_STREAMS[0],
+        SKIPPED_STREAMS[1],
+        SKIP_STATS,
+        CONFIG,
+        COUNTERS,
+        FRAGS,
+        POLICY_BINDINGS[0],
+        POLICY_BINDINGS[1],
+        POLICY_CIDRS[0],
+        POLICY_CIDRS[1],
+        POLICY_RULES[0],
+        POLICY_RULES[1],
+        CONNTRACK,
+        VERDICTS,
+        IFACES,
+        PATH_RULES,
+        PATH_CIDRS,
+    ];
     pub const TC_INGRESS: &str = "flowlog_tc_ingress";
     pub const TC_EGRESS: &str = "flowlog_tc_egress";
     pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";

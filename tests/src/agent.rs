@@ -262,14 +262,31 @@ impl Agent {
         }
     }
 
+    /// SIGKILLs the agent (nothing of it runs any more) and returns the records it
+    /// printed before.
+    pub fn kill(mut self) -> Vec<Record> {
+        let mut child = self.child.take().expect("agent already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.join_readers();
+        let s = self.shared.lock().unwrap();
+        eprintln!("---- killed agent stderr ({}):\n{}", self.desc, s.stderr);
+        s.records.clone()
+    }
+
     /// Sends SIGINT, waits for exit status 0 (SIGKILL and panic after
     /// [`agent_timeout`]) and returns every record printed. Stderr and the records are
     /// echoed on the test's stderr (shown by the test harness when the test fails).
-    pub fn stop(mut self) -> Vec<Record> {
+    pub fn stop(self) -> Vec<Record> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// As [`Agent::stop`] with another signal (SIGTERM, SIGUSR2).
+    pub fn stop_with(mut self, sig: libc::c_int) -> Vec<Record> {
         let mut child = self.child.take().expect("agent already stopped");
         let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        unsafe { libc::kill(pid, sig) };
         let timeout = agent_timeout();
         let status = wait_timeout(&mut child, timeout);
         let Some(status) = status else {

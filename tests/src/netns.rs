@@ -359,3 +359,53 @@ pub fn assert_detached(ns: &str, ifname: &str) {
         "TCX programs left on {ifname} after the agent stopped: {tcx:?}"
     );
 }
+
+/// A bpf filesystem mounted on a fresh directory for one test (`--pin-dir`); unmounted
+/// and removed on drop. (`ip netns exec` remounts /sys, so /sys/fs/bpf is no bpffs
+/// inside it, while this mount is visible there.)
+pub struct BpfFs {
+    pub dir: std::path::PathBuf,
+}
+
+impl BpfFs {
+    pub fn new(tag: &str) -> BpfFs {
+        let dir = std::env::temp_dir().join(format!("flowlog-bpffs-{tag}-{}", std::process::id()));
+        let _ = Command::new("umount").arg(&dir).output();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        run("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]);
+        BpfFs { dir }
+    }
+
+    /// The pin directory to pass to the agent.
+    pub fn pin_dir(&self) -> String {
+        self.dir.join("flowlog").display().to_string()
+    }
+
+    /// Files pinned under the pin directory (recursively).
+    pub fn pinned(&self) -> Vec<String> {
+        fn walk(d: &std::path::Path, out: &mut Vec<String>) {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, out);
+                    } else {
+                        out.push(p.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.join("flowlog"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).output();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
