@@ -5,6 +5,7 @@
 //! - `cargo xtask test`: unit tests (unprivileged), then the kernel and namespace
 //!   integration tests as root.
 //! - `cargo xtask image`: the container image (podman), and its size.
+//! - `cargo xtask soak --minutes 30`: the long soak run.
 mod bench;
 
 use std::{
@@ -44,6 +45,14 @@ enum Task {
         /// Image name and tag.
         #[arg(long, default_value = concat!("localhost/flowlog:", env!("CARGO_PKG_VERSION")))]
         tag: String,
+    },
+    /// The soak run (root): mixed traffic, 10 s windows, policy reloads and flow log
+    /// changes; prints RSS, totals and errors, fails if RSS grows over 5 % after the
+    /// warm-up, a total is off or an error is logged.
+    Soak {
+        /// Length of the run.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
     },
     /// Benchmarks (root): kernel cost per packet, veth throughput vs. softflowd, drain
     /// time and agent memory; writes target/bench/summary.json.
@@ -192,6 +201,37 @@ fn image(tag: &str) -> Result<()> {
     Ok(())
 }
 
+fn soak(minutes: u64) -> Result<()> {
+    let bin = build_agent(false, false)?;
+    let mut build_tests = cargo();
+    build_tests.args([
+        "test",
+        "--locked",
+        "-p",
+        "flowlog-tests",
+        "--test",
+        "soak",
+        "--no-run",
+    ]);
+    status(build_tests)?;
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut root = privileged(Path::new(&cargo_bin));
+    root.current_dir(workspace_root())
+        .env("FLOWLOG_BIN", &bin)
+        .env("FLOWLOG_SOAK_SECS", (minutes * 60).to_string())
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "flowlog-tests",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ]);
+    status(root)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
@@ -199,6 +239,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test(args),
         Task::Image { tag } => image(&tag),
         Task::Bench(args) => bench::run(args),
+        Task::Soak { minutes } => soak(minutes),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
