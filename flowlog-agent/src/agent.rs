@@ -119,7 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     let mut maps = FlowMaps::take(&mut ebpf)?;
     let attachments = loader::attach(&mut ebpf, &cfg)?;
-    let (mut out, sink_names) = open_sinks(&cfg).await?;
+    let (mut out, sink_names) = open_sinks(&cfg, &metrics).await?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
@@ -272,7 +272,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 /// named sinks replace it, and the named sinks. Returns them with their names (the
 /// `sink` label of the metrics: `stdout`, `file` for `--output FILE`, or the
 /// `[[sink]]` name).
-async fn open_sinks(cfg: &Config) -> Result<(sink::FanOut, Vec<String>), AgentError> {
+async fn open_sinks(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<(sink::FanOut, Vec<String>), AgentError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut names = Vec::new();
     if cfg.sinks.is_empty() || cfg.output_explicit {
@@ -295,12 +298,49 @@ async fn open_sinks(cfg: &Config) -> Result<(sink::FanOut, Vec<String>), AgentEr
             SinkKind::File(settings) => {
                 Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
             }
+            SinkKind::Parquet(settings) => {
+                let columns = sink::parquet_schema::ParquetColumns::new(
+                    cfg.record_format == RecordFormat::Extended,
+                    pod_labels(cfg),
+                );
+                Box::new(
+                    sink::parquet::ParquetSink::open(&s.name, settings.clone(), columns).await?,
+                )
+            }
+            SinkKind::Tcp { address, spool } => {
+                let header = s.text.as_ref().map(|t| t.header());
+                let dest = Box::new(sink::tcp::TcpDeliver::new(address, header));
+                let spool =
+                    sink::spool::Spool::open(&s.name, spool, dest, metrics.spool_stats(&s.name))
+                        .map_err(|e| SinkError::Open {
+                            path: spool.dir.clone(),
+                            source: std::io::Error::other(e),
+                        })?;
+                Box::new(sink::spool::SpooledSink::new(
+                    &s.name,
+                    spool,
+                    s.text.clone(),
+                ))
+            }
         };
         info!(sink = %s.name, "sink opened");
         sinks.push(opened);
         names.push(s.name.clone());
     }
     Ok((sink::FanOut::new(sinks), names))
+}
+
+/// The pod label keys copied into records, with pod metadata on.
+fn pod_labels(cfg: &Config) -> Option<&[String]> {
+    #[cfg(feature = "kubernetes")]
+    {
+        cfg.kubernetes.as_ref().map(|k| k.labels.as_slice())
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = cfg;
+        None
+    }
 }
 
 fn ifindex_of(cfg: &Config, name: &str) -> Option<u32> {
