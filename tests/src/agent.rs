@@ -305,6 +305,21 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGKILL (no chance to flush or clean up), wait for it, and return every
+    /// record it printed before.
+    pub fn kill(mut self) -> Vec<Record> {
+        let mut child = self.child.take().expect("agent already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.join_readers();
+        let s = self.shared.lock().unwrap();
+        eprintln!("---- agent stderr ({}, killed):\n{}", self.desc, s.stderr);
+        assert!(s.bad_lines.is_empty(), "{:#?}", s.bad_lines);
+        s.records.clone()
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -520,7 +520,20 @@ impl Drop for Spool {
 /// The next undelivered lines: (segment, start, bytes).
 async fn next_chunk(sh: &Shared) -> Option<(u64, u64, Vec<u8>)> {
     let (seq, path, start, end) = {
-        let st = sh.lock();
+        let mut st = sh.lock();
+        // A segment delivered completely while it was the last one (being written)
+        // goes once a newer one exists.
+        while st.segments.len() > 1 && st.segments.front().is_some_and(|s| st.head_offset >= s.len)
+        {
+            let done = st.segments.pop_front().expect("not empty");
+            st.head_offset = 0;
+            st.head_records = 0;
+            let next = st.segments.front().expect("more than one").seq;
+            if let Err(e) = write_offset(&sh.dir, next, 0) {
+                warn!(sink = %sh.name, error = %e, "spool: cannot write the offset file (lines may be sent again after a restart)");
+            }
+            let _ = std::fs::remove_file(&done.path);
+        }
         let seg = st.segments.front()?;
         if st.head_offset >= seg.len {
             return None;
