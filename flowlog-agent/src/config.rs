@@ -188,7 +188,7 @@ pub struct FileSink {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// `file`: the directory.
+    /// `file`, `parquet`: the directory.
     pub path: Option<PathBuf>,
     /// `json` (the default) or `text` (space-separated, with a header line).
     pub format: Option<String>,
@@ -197,7 +197,7 @@ pub struct FileSink {
     pub rotate_bytes: Option<u64>,
     /// Rotate a file once it is this old: `90s`, `30m`, `1h`, `1d`.
     pub rotate_after: Option<String>,
-    /// Delete finished files older than this (default 7d).
+    /// `file`, `parquet`: delete finished files older than this (default 7d).
     pub retention: Option<String>,
     /// Keep at most this many bytes of finished files.
     pub retention_bytes: Option<u64>,

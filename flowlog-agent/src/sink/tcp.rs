@@ -107,3 +107,51 @@ impl Deliver for TcpDeliver {
         format!("tcp://{}", self.address)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A receiver that closes each connection after its first read: the next send
+    /// must notice the end-of-file and go to a new connection, header first, instead
+    /// of writing into the closed one (where the lines would be lost).
+    #[tokio::test]
+    async fn a_closed_connection_is_noticed_before_writing_and_the_header_repeats() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                // Read until the header and one batch arrived, then hang up.
+                while buf.iter().filter(|&&b| b == b'\n').count() < 2 {
+                    let mut chunk = [0u8; 256];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0);
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                got.push(String::from_utf8(buf).unwrap());
+                drop(s);
+            }
+            got
+        });
+        let mut d = TcpDeliver::new(&addr, Some(b"a b\n".to_vec()));
+        d.send(b"1 2\n").await.unwrap();
+        // Let the receiver's close reach us.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.send(b"3 4\n").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the second batch never reached a second connection")
+            .unwrap();
+        assert_eq!(got, ["a b\n1 2\n", "a b\n3 4\n"]);
+        assert_eq!(d.describe(), format!("tcp://{addr}"));
+
+        // Nobody listening: an error, not a hang.
+        drop(d);
+        let mut d = TcpDeliver::new(&addr, None);
+        assert!(d.send(b"5\n").await.is_err());
+    }
+}
