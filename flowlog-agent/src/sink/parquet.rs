@@ -5,9 +5,10 @@
 //! DIR/dt=2026-12-02/hour=09/.flows-20261202T093900Z.parquet.part   being written
 //! ```
 //!
-//! * One file per `windows_per_file` windows (default 1), one row group per window,
+//! * One file per `windows_per_file` windows (default 1), one row group per window
+//!   (collected in memory, column by column, and written at the window's end),
 //!   columns as in [`super::parquet_schema`], zstd-compressed, written by the Apache
-//!   Arrow `parquet` crate.
+//!   Arrow project's `parquet` crate.
 //! * The partition (`dt`, `hour`, UTC) and the name come from the start of the file's
 //!   first window (the smallest `start` among its records: NODATA records carry the
 //!   window start, streams start within it; windows are aligned to wall-clock
@@ -23,18 +24,21 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use arrow_schema::SchemaRef;
 use parquet::{
-    arrow::ArrowWriter,
     basic::{Compression, ZstdLevel},
-    file::properties::WriterProperties,
+    file::{properties::WriterProperties, writer::SerializedFileWriter},
+    schema::types::TypePtr,
 };
 use tracing::info;
 
-use super::{parquet_schema::ParquetColumns, Sink, SinkError, SinkFuture};
+use super::{
+    parquet_schema::{write_row_group, ParquetColumns, Rows},
+    Sink, SinkError, SinkFuture,
+};
 
 /// Settings of a `parquet` sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +55,11 @@ impl ParquetSettings {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<fs::File>,
+    writer: SerializedFileWriter<fs::File>,
     part: PathBuf,
     target: PathBuf,
+    /// Windows (row groups) written.
     windows: u32,
-    /// Rows written in the current window.
-    rows_in_window: usize,
 }
 
 /// The partitioned Parquet sink.
@@ -64,7 +67,9 @@ pub struct ParquetSink {
     name: String,
     settings: ParquetSettings,
     columns: ParquetColumns,
-    schema: SchemaRef,
+    schema: TypePtr,
+    /// The current window's records, column by column (written at its end).
+    rows: Rows,
     file: Option<OpenFile>,
 }
 
@@ -139,9 +144,13 @@ impl ParquetSink {
             path: settings.dir.clone(),
             source,
         })?;
-        let schema = columns.schema();
+        let schema = columns.schema().map_err(|e| SinkError::Open {
+            path: settings.dir.clone(),
+            source: to_io(e),
+        })?;
         Ok(ParquetSink {
             name: name.to_string(),
+            rows: columns.empty(),
             settings,
             columns,
             schema,
@@ -241,105 +250,92 @@ fn prune(name: &str, dir: &Path, retention: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates the partition directory and the hidden part file of a new file.
+fn create(dir: &Path, stem: &str, schema: TypePtr) -> io::Result<OpenFile> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)?;
+    let mut target = dir.join(format!("{stem}.parquet"));
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("{stem}-{n}.parquet"));
+        n += 1;
+    }
+    let part = dir.join(format!(
+        ".{}.part",
+        target.file_name().and_then(|f| f.to_str()).unwrap_or("x")
+    ));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o640)
+        .open(&part)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(to_io)?))
+        .set_created_by(concat!("flowlog ", env!("CARGO_PKG_VERSION")).into())
+        .build();
+    let writer = SerializedFileWriter::new(file, schema, Arc::new(props)).map_err(to_io)?;
+    Ok(OpenFile {
+        writer,
+        part,
+        target,
+        windows: 0,
+    })
+}
+
 impl Sink for ParquetSink {
+    /// Collects the records (columns in memory); they are written at the window's end.
     fn write_batch<'a>(&'a mut self, lines: &'a [u8]) -> SinkFuture<'a> {
         Box::pin(async move {
-            if lines.is_empty() {
-                return Ok(());
-            }
-            let (batch, min_start) = self
-                .columns
-                .batch(&self.schema, lines)
-                .map_err(|e| self.err(to_io(e)))?;
-            if batch.num_rows() == 0 {
-                return Ok(());
-            }
-            if self.file.is_none() {
-                let (partition, stem) = partition_and_stem(min_start.unwrap_or_else(unix_now));
-                let dir = self.settings.dir.join(partition);
-                let schema = self.schema.clone();
-                let opened = tokio::task::spawn_blocking(move || -> io::Result<OpenFile> {
-                    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o750)
-                        .create(&dir)?;
-                    let mut target = dir.join(format!("{stem}.parquet"));
-                    let mut n = 1;
-                    while target.exists() {
-                        target = dir.join(format!("{stem}-{n}.parquet"));
-                        n += 1;
-                    }
-                    let part = dir.join(format!(
-                        ".{}.part",
-                        target.file_name().and_then(|f| f.to_str()).unwrap_or("x")
-                    ));
-                    let file = fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(true)
-                        .write(true)
-                        .mode(0o640)
-                        .open(&part)?;
-                    let props = WriterProperties::builder()
-                        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(to_io)?))
-                        .set_created_by(concat!("flowlog ", env!("CARGO_PKG_VERSION")).into())
-                        .build();
-                    let writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(to_io)?;
-                    Ok(OpenFile {
-                        writer,
-                        part,
-                        target,
-                        windows: 0,
-                        rows_in_window: 0,
-                    })
-                })
-                .await
-                .map_err(to_io)
-                .and_then(|r| r)
-                .map_err(|e| self.err(e))?;
-                self.file = Some(opened);
-            }
-            let mut f = self.file.take().expect("opened above");
-            let res = tokio::task::spawn_blocking(move || {
-                let r = f.writer.write(&batch).map_err(to_io);
-                f.rows_in_window += batch.num_rows();
-                (f, r)
-            })
-            .await;
-            match res {
-                Ok((f, r)) => {
-                    self.file = Some(f);
-                    r.map_err(|e| self.err(e))
-                }
-                Err(e) => Err(self.err(to_io(e))),
-            }
+            self.columns.append(&mut self.rows, lines);
+            Ok(())
         })
     }
 
-    /// End of a window: close its row group; finish the file after
+    /// End of a window: its records become a row group; the file is finished after
     /// `windows_per_file` windows.
     fn flush(&mut self) -> SinkFuture<'_> {
         Box::pin(async move {
-            let Some(mut f) = self.file.take() else {
+            if self.rows.len == 0 {
                 return Ok(());
-            };
-            let res = tokio::task::spawn_blocking(move || {
-                let r = f.writer.flush().map_err(to_io);
-                if f.rows_in_window > 0 {
+            }
+            let rows = std::mem::replace(&mut self.rows, self.columns.empty());
+            let file = self.file.take();
+            let settings_dir = self.settings.dir.clone();
+            let schema = self.schema.clone();
+            let res = tokio::task::spawn_blocking(move || -> (Option<OpenFile>, io::Result<()>) {
+                let mut f = match file {
+                    Some(f) => f,
+                    None => {
+                        let start = rows.min_start.unwrap_or_else(unix_now);
+                        let (partition, stem) = partition_and_stem(start);
+                        match create(&settings_dir.join(partition), &stem, schema) {
+                            Ok(f) => f,
+                            Err(e) => return (None, Err(e)),
+                        }
+                    }
+                };
+                let r = write_row_group(&mut f.writer, &rows).map_err(to_io);
+                if r.is_ok() {
                     f.windows += 1;
                 }
-                f.rows_in_window = 0;
-                (f, r)
+                (Some(f), r)
             })
             .await;
-            let (f, r) = res.map_err(|e| self.err(to_io(e)))?;
-            let due = f.windows >= self.settings.windows_per_file;
-            self.file = Some(f);
+            let (file, r) = res.map_err(|e| self.err(to_io(e)))?;
+            self.file = file;
             r.map_err(|source| SinkError::Flush {
                 sink: self.name.clone(),
                 source,
             })?;
-            if due {
+            if self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.windows >= self.settings.windows_per_file)
+            {
                 self.finish().await?;
             }
             Ok(())
@@ -347,7 +343,10 @@ impl Sink for ParquetSink {
     }
 
     fn close(&mut self) -> SinkFuture<'_> {
-        Box::pin(async move { self.finish().await })
+        Box::pin(async move {
+            self.flush().await?;
+            self.finish().await
+        })
     }
 
     fn describe(&self) -> &str {

@@ -5,21 +5,27 @@
 //! |---|---|---|
 //! | version, protocol, srcport, dstport, tcp-flags, traffic_path | INT32 | NULL |
 //! | packets, bytes, start, end, skipped-streams, skipped-packets, skipped-bytes | INT64 | NULL |
-//! | every other field (account-id, eni-id, srcaddr, action, log-status...) | UTF8 | `-` kept as written / NULL |
+//! | every other field (account-id, eni-id, srcaddr, action, log-status...) | UTF8 string | `-` kept as written / NULL |
 //!
 //! Integers are integers, so `sum(bytes)` needs no cast; the text fields keep the
 //! contract's values exactly (a NODATA record's `srcaddr` is `-`, as in JSON). The
 //! columns are the 21 base fields in the contract's order, the SKIPDATA counters,
 //! then with `--record-format extended` `rule-id` and `record-id`, then with pod
 //! metadata (Kubernetes) `node-name`, the pod name and namespace of each side and
-//! one column per copied label. Every column is nullable.
+//! one column per copied label. Every column is optional (nullable).
+//!
+//! The columns are built straight from the JSON lines and written with the
+//! `parquet` crate's column writers (no Arrow in-memory layer: it would double the
+//! agent's binary for nothing the agent needs).
 use std::sync::Arc;
 
-use arrow_array::{
-    builder::{Int32Builder, Int64Builder, StringBuilder},
-    ArrayRef, RecordBatch,
+use parquet::{
+    basic::{LogicalType, Repetition, Type as PhysicalType},
+    data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
+    errors::ParquetError,
+    file::writer::SerializedFileWriter,
+    schema::types::{Type, TypePtr},
 };
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::record::BASE_FIELDS;
 
@@ -54,14 +60,14 @@ const SKIP_FIELDS: [&str; 4] = [
 /// The extended format's fields.
 pub const EXTENDED_FIELDS: [&str; 2] = ["rule-id", "record-id"];
 
-/// The type of a field's column.
-pub fn data_type(field: &str) -> DataType {
+/// The physical type of a field's column.
+pub fn physical_type(field: &str) -> PhysicalType {
     if INT32.contains(&field) {
-        DataType::Int32
+        PhysicalType::INT32
     } else if INT64.contains(&field) {
-        DataType::Int64
+        PhysicalType::INT64
     } else {
-        DataType::Utf8
+        PhysicalType::BYTE_ARRAY
     }
 }
 
@@ -69,6 +75,24 @@ pub fn data_type(field: &str) -> DataType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParquetColumns {
     pub fields: Vec<String>,
+}
+
+/// Values of one column for some rows, with definition levels (0: NULL).
+#[derive(Debug)]
+enum Values {
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    Str(Vec<ByteArray>),
+}
+
+/// Rows of a window, column by column.
+#[derive(Debug)]
+pub struct Rows {
+    columns: Vec<(Values, Vec<i16>)>,
+    /// Rows held.
+    pub len: usize,
+    /// The smallest `start` among them (the window's partition).
+    pub min_start: Option<i64>,
 }
 
 impl ParquetColumns {
@@ -96,106 +120,170 @@ impl ParquetColumns {
         ParquetColumns { fields }
     }
 
-    pub fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.fields
-                .iter()
-                .map(|f| Field::new(f, data_type(f), true))
-                .collect::<Vec<_>>(),
+    /// The Parquet schema (message `flowlog`, every column optional).
+    pub fn schema(&self) -> Result<TypePtr, ParquetError> {
+        let columns = self
+            .fields
+            .iter()
+            .map(|f| {
+                let t = physical_type(f);
+                let mut b =
+                    Type::primitive_type_builder(f, t).with_repetition(Repetition::OPTIONAL);
+                if t == PhysicalType::BYTE_ARRAY {
+                    b = b.with_logical_type(Some(LogicalType::String));
+                }
+                b.build().map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(
+            Type::group_type_builder("flowlog")
+                .with_fields(columns)
+                .build()?,
         ))
     }
 
-    /// One record batch of JSON lines (whole lines; the agent renders every value as
-    /// a string). Returns it with the smallest `start` (the window's partition).
-    /// A line that is not a JSON object is skipped (the agent never writes one).
-    pub fn batch(
-        &self,
-        schema: &SchemaRef,
-        json_lines: &[u8],
-    ) -> Result<(RecordBatch, Option<i64>), ArrowError> {
-        enum Col {
-            I32(Int32Builder),
-            I64(Int64Builder),
-            Str(StringBuilder),
+    /// No rows yet.
+    pub fn empty(&self) -> Rows {
+        Rows {
+            columns: self
+                .fields
+                .iter()
+                .map(|f| {
+                    let v = match physical_type(f) {
+                        PhysicalType::INT32 => Values::I32(Vec::new()),
+                        PhysicalType::INT64 => Values::I64(Vec::new()),
+                        _ => Values::Str(Vec::new()),
+                    };
+                    (v, Vec::new())
+                })
+                .collect(),
+            len: 0,
+            min_start: None,
         }
-        let mut cols: Vec<Col> = self
-            .fields
-            .iter()
-            .map(|f| match data_type(f) {
-                DataType::Int32 => Col::I32(Int32Builder::new()),
-                DataType::Int64 => Col::I64(Int64Builder::new()),
-                _ => Col::Str(StringBuilder::new()),
-            })
-            .collect();
-        let mut min_start: Option<i64> = None;
+    }
+
+    /// Appends the records of `json_lines` (whole lines; the agent renders every
+    /// value as a string) to `rows`. A line that is not a JSON object is skipped
+    /// (the agent never writes one); a value that is not a number in an integer
+    /// column (`-`) is NULL.
+    pub fn append(&self, rows: &mut Rows, json_lines: &[u8]) {
         for line in json_lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(line) else {
                 continue;
             };
-            let text = |f: &str| -> Option<String> {
-                match map.get(f)? {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Null => None,
-                    v => Some(v.to_string()),
-                }
-            };
-            for (f, col) in self.fields.iter().zip(cols.iter_mut()) {
-                let v = text(f);
-                match col {
-                    Col::I32(b) => b.append_option(v.and_then(|s| s.parse().ok())),
-                    Col::I64(b) => {
-                        let n = v.and_then(|s| s.parse().ok());
-                        if f == "start" {
-                            if let Some(n) = n {
-                                min_start = Some(min_start.map_or(n, |m: i64| m.min(n)));
+            for (f, (values, defs)) in self.fields.iter().zip(rows.columns.iter_mut()) {
+                let text = match map.get(f) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.to_string()),
+                };
+                let defined = match values {
+                    Values::I32(v) => text
+                        .and_then(|s| s.parse::<i32>().ok())
+                        .map(|n| v.push(n))
+                        .is_some(),
+                    Values::I64(v) => text
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .map(|n| {
+                            if f == "start" {
+                                rows.min_start = Some(rows.min_start.map_or(n, |m| m.min(n)));
                             }
-                        }
-                        b.append_option(n)
-                    }
-                    Col::Str(b) => b.append_option(v),
-                }
+                            v.push(n)
+                        })
+                        .is_some(),
+                    Values::Str(v) => text
+                        .map(|s| v.push(ByteArray::from(s.into_bytes())))
+                        .is_some(),
+                };
+                defs.push(i16::from(defined));
+            }
+            rows.len += 1;
+        }
+    }
+}
+
+/// Writes `rows` as one row group of `w`.
+pub fn write_row_group<W: std::io::Write + Send>(
+    w: &mut SerializedFileWriter<W>,
+    rows: &Rows,
+) -> Result<(), ParquetError> {
+    let mut rg = w.next_row_group()?;
+    let mut i = 0;
+    while let Some(mut col) = rg.next_column()? {
+        let (values, defs) = rows
+            .columns
+            .get(i)
+            .ok_or_else(|| ParquetError::General("more columns than fields".into()))?;
+        match values {
+            Values::I32(v) => {
+                col.typed::<Int32Type>().write_batch(v, Some(defs), None)?;
+            }
+            Values::I64(v) => {
+                col.typed::<Int64Type>().write_batch(v, Some(defs), None)?;
+            }
+            Values::Str(v) => {
+                col.typed::<ByteArrayType>()
+                    .write_batch(v, Some(defs), None)?;
             }
         }
-        let arrays: Vec<ArrayRef> = cols
-            .into_iter()
-            .map(|c| match c {
-                Col::I32(mut b) => Arc::new(b.finish()) as ArrayRef,
-                Col::I64(mut b) => Arc::new(b.finish()) as ArrayRef,
-                Col::Str(mut b) => Arc::new(b.finish()) as ArrayRef,
-            })
-            .collect();
-        Ok((RecordBatch::try_new(Arc::clone(schema), arrays)?, min_start))
+        col.close()?;
+        i += 1;
     }
+    rg.close()?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Array, Int32Array, Int64Array, StringArray};
+    use parquet::{
+        file::reader::{FileReader, SerializedFileReader},
+        record::Field,
+    };
 
     #[test]
     fn typed_columns_and_dash_as_null() {
         let cols = ParquetColumns::new(true, None);
         assert_eq!(cols.fields.len(), 21 + 4 + 2);
-        let schema = cols.schema();
         let json = b"{\"version\":\"1\",\"srcaddr\":\"10.0.0.1\",\"srcport\":\"40000\",\"packets\":\"12\",\"bytes\":\"5936\",\"start\":\"1795305786\",\"tcp-flags\":\"-\",\"log-status\":\"OK\",\"rule-id\":\"100\",\"record-id\":\"00ff\"}\n{\"version\":\"1\",\"srcaddr\":\"-\",\"packets\":\"-\",\"start\":\"1795305780\",\"log-status\":\"NODATA\"}\nnot json\n";
-        let (b, min) = cols.batch(&schema, json).unwrap();
-        assert_eq!(b.num_rows(), 2);
-        assert_eq!(min, Some(1_795_305_780));
-        let col = |n: &str| b.column(schema.index_of(n).unwrap()).clone();
-        let packets = col("packets");
-        let packets = packets.as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!((packets.value(0), packets.is_null(1)), (12, true));
-        let port = col("srcport");
-        let port = port.as_any().downcast_ref::<Int32Array>().unwrap();
-        assert_eq!((port.value(0), port.is_null(1)), (40000, true));
-        let flags = col("tcp-flags");
-        assert!(flags.is_null(0));
-        let src = col("srcaddr");
-        let src = src.as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!((src.value(0), src.value(1)), ("10.0.0.1", "-"));
-        let rid = col("record-id");
-        assert!(rid.is_null(1));
+        let mut rows = cols.empty();
+        cols.append(&mut rows, json);
+        assert_eq!(rows.len, 2);
+        assert_eq!(rows.min_start, Some(1_795_305_780));
+
+        let mut buf = Vec::new();
+        let mut w = SerializedFileWriter::new(&mut buf, cols.schema().unwrap(), Default::default())
+            .unwrap();
+        write_row_group(&mut w, &rows).unwrap();
+        w.close().unwrap();
+        let r = SerializedFileReader::new(bytes::Bytes::from(buf)).unwrap();
+        let got: Vec<Vec<(String, Field)>> = r
+            .get_row_iter(None)
+            .unwrap()
+            .map(|row| {
+                row.unwrap()
+                    .get_column_iter()
+                    .map(|(n, f)| (n.clone(), f.clone()))
+                    .collect()
+            })
+            .collect();
+        let get = |row: usize, name: &str| {
+            got[row]
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.clone())
+                .unwrap()
+        };
+        assert_eq!(get(0, "packets"), Field::Long(12));
+        assert_eq!(get(1, "packets"), Field::Null);
+        assert_eq!(get(0, "srcport"), Field::Int(40000));
+        assert_eq!(get(1, "srcport"), Field::Null);
+        assert_eq!(get(0, "tcp-flags"), Field::Null);
+        assert_eq!(get(0, "srcaddr"), Field::Str("10.0.0.1".into()));
+        assert_eq!(get(1, "srcaddr"), Field::Str("-".into()));
+        assert_eq!(get(0, "record-id"), Field::Str("00ff".into()));
+        assert_eq!(get(1, "record-id"), Field::Null);
+
         let labels = ["app".to_string()];
         let k = ParquetColumns::new(false, Some(&labels));
         assert!(k.fields.ends_with(&[
