@@ -9,8 +9,8 @@
 //! ```
 //!
 //! * **Writing** ([`Spool::append`], [`Spool::commit`]): the sink's `write_batch`
-//!   appends the window's lines to the last segment, its `flush` fsyncs it; only then
-//!   are the lines visible to delivery. Both return as soon as the local disk did:
+//!   appends the window's lines to the last segment, its `flush` fsyncs it (and the
+//!   directory after a new segment); only then are the lines visible to delivery. Both return as soon as the local disk did:
 //!   nothing waits for the destination.
 //! * **Delivery**: one tokio task per spool reads the oldest undelivered lines (whole
 //!   lines, at most [`CHUNK`] bytes at a time), hands them to a [`Deliver`] and, once
@@ -190,6 +190,9 @@ pub struct Spool {
     shared: Arc<Shared>,
     /// The last segment, open for appending.
     file: Option<(u64, tokio::fs::File)>,
+    /// A segment was created since the last commit: its directory entry needs an
+    /// fsync of the directory too.
+    new_segment: bool,
     task: Option<JoinHandle<()>>,
     stop: Arc<Notify>,
 }
@@ -329,6 +332,7 @@ impl Spool {
         Ok(Spool {
             shared,
             file: None,
+            new_segment: false,
             task: Some(task),
             stop,
         })
@@ -424,6 +428,7 @@ impl Spool {
                     source,
                 })?;
             self.file = Some((seq, f));
+            self.new_segment = true;
         }
         let (_, f) = self.file.as_mut().expect("opened above");
         if let Err(source) = f.write_all(lines).await {
@@ -460,10 +465,17 @@ impl Spool {
         let sh = Arc::clone(&self.shared);
         if let Some((seq, f)) = self.file.as_mut() {
             let seq = *seq;
-            let synced = match f.flush().await {
+            let mut synced = match f.flush().await {
                 Ok(()) => f.sync_data().await,
                 Err(e) => Err(e),
             };
+            if synced.is_ok() && self.new_segment {
+                synced = match tokio::fs::File::open(&sh.dir).await {
+                    Ok(d) => d.sync_all().await,
+                    Err(e) => Err(e),
+                };
+                self.new_segment = synced.is_err();
+            }
             if let Err(source) = synced {
                 self.undo_pending().await;
                 return Err(SpoolError::Write {
