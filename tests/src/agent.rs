@@ -262,6 +262,18 @@ impl Agent {
         }
     }
 
+    /// SIGKILLs the agent (nothing of it runs any more) and returns the records it
+    /// printed before.
+    pub fn kill(mut self) -> Vec<Record> {
+        let mut child = self.child.take().expect("agent already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.join_readers();
+        let s = self.shared.lock().unwrap();
+        eprintln!("---- killed agent stderr ({}):\n{}", self.desc, s.stderr);
+        s.records.clone()
+    }
+
     /// Sends SIGINT, waits for exit status 0 (SIGKILL and panic after
     /// [`agent_timeout`]) and returns every record printed. Stderr and the records are
     /// echoed on the test's stderr (shown by the test harness when the test fails).
@@ -301,21 +313,6 @@ impl Agent {
             self.desc,
             s.stderr
         );
-        s.records.clone()
-    }
-}
-
-impl Agent {
-    /// SIGKILL (no chance to flush or clean up), wait for it, and return every
-    /// record it printed before.
-    pub fn kill(mut self) -> Vec<Record> {
-        let mut child = self.child.take().expect("agent already stopped");
-        let _ = child.kill();
-        let _ = child.wait();
-        self.join_readers();
-        let s = self.shared.lock().unwrap();
-        eprintln!("---- agent stderr ({}, killed):\n{}", self.desc, s.stderr);
-        assert!(s.bad_lines.is_empty(), "{:#?}", s.bad_lines);
         s.records.clone()
     }
 }

@@ -125,6 +125,20 @@ const DELIVERED: &str = "flowlog_delivered_records_total{sink=\"collector\"}";
 const DROPPED: &str = "flowlog_spool_dropped_records_total{sink=\"collector\"}";
 const SPOOLED: &str = "flowlog_spool_records{sink=\"collector\"}";
 
+/// Waits (at most 15 s: three times the longest retry delay) until the agent's
+/// spool is empty.
+fn wait_drained(ns: &str) {
+    let mut m = metrics(ns, 19470);
+    for _ in 0..150 {
+        if sample(&m, SPOOLED) == 0.0 {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+        m = metrics(ns, 19470);
+    }
+    panic!("the spool did not drain: {m:?}");
+}
+
 /// The receiver is down for 30 s while traffic flows over 2 s windows; the records
 /// wait in the spool and all arrive once it is back, each once, in the order they
 /// were written.
@@ -180,8 +194,11 @@ fn tcp_sink_survives_a_30s_receiver_outage() {
     collector.resume();
     assert_eq!(sender.join().unwrap() as u64, N);
     assert_eq!(udp.wait_for(N, Duration::from_secs(5)), N);
-    // Let the last datagrams' window end and be delivered.
+    // Let the last datagrams' window end, and the spool drain: the agent retries
+    // with backoff (up to 5 s), so the first attempt after the restart may come a
+    // few seconds later.
     thread::sleep(window);
+    wait_drained(a.name());
     sleep_into_window(window, 0.5);
     let arrived = collector.lines().len();
     let m = metrics(a.name(), 19470);
@@ -321,16 +338,7 @@ fn tcp_spool_overflow_drops_are_counted_exactly() {
     );
     assert!(sample(&m, "flowlog_spool_bytes{sink=\"collector\"}") <= 4000.0);
     collector.resume();
-    // Wait until the spool is empty.
-    let mut m = metrics(a.name(), 19470);
-    for _ in 0..100 {
-        if sample(&m, SPOOLED) == 0.0 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-        m = metrics(a.name(), 19470);
-    }
-    assert_eq!(sample(&m, SPOOLED), 0.0, "spool drained");
+    wait_drained(a.name());
     sleep_into_window(window, 0.5);
     let dropped = sample(&metrics(a.name(), 19470), DROPPED) as usize;
     let stderr_before = agent.stderr();
