@@ -570,7 +570,7 @@ impl Agent<'_> {
             let inner = match self.shared.get(&s.name) {
                 Some(i) => Arc::clone(i),
                 None => {
-                    let opened = open_named(s).await?;
+                    let opened = open_named(s, cfg, &self.metrics).await?;
                     info!(sink = %s.name, "sink opened");
                     let i = Arc::new(Mutex::new(opened));
                     self.shared.insert(s.name.clone(), Arc::clone(&i));
@@ -1186,7 +1186,11 @@ impl Agent<'_> {
 }
 
 /// Opens a `[[sink]]`.
-async fn open_named(s: &SinkConfig) -> Result<Box<dyn Sink>, AgentError> {
+async fn open_named(
+    s: &SinkConfig,
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Box<dyn Sink>, AgentError> {
     Ok(match &s.kind {
         SinkKind::Stdout => {
             let plain = Box::new(sink::WriterSink::new(tokio::io::stdout(), &s.name));
@@ -1199,7 +1203,42 @@ async fn open_named(s: &SinkConfig) -> Result<Box<dyn Sink>, AgentError> {
         SinkKind::File(settings) => {
             Box::new(sink::file::DirSink::open(&s.name, settings.clone()).await?)
         }
+        SinkKind::Parquet(settings) => {
+            let columns = sink::parquet_schema::ParquetColumns::new(
+                cfg.record_format == crate::record::RecordFormat::Extended,
+                pod_labels(cfg),
+            );
+            Box::new(sink::parquet::ParquetSink::open(&s.name, settings.clone(), columns).await?)
+        }
+        SinkKind::Tcp { address, spool } => {
+            let header = s.text.as_ref().map(|t| t.header());
+            let dest = Box::new(sink::tcp::TcpDeliver::new(address, header));
+            let spool =
+                sink::spool::Spool::open(&s.name, spool, dest, metrics.spool_stats(&s.name))
+                    .map_err(|e| SinkError::Open {
+                        path: spool.dir.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+            Box::new(sink::spool::SpooledSink::new(
+                &s.name,
+                spool,
+                s.text.clone(),
+            ))
+        }
     })
+}
+
+/// The pod label keys copied into records, with pod metadata on.
+fn pod_labels(cfg: &Config) -> Option<&[String]> {
+    #[cfg(feature = "kubernetes")]
+    {
+        cfg.kubernetes.as_ref().map(|k| k.labels.as_slice())
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = cfg;
+        None
+    }
 }
 
 /// Renders the body of `flowlog list`.

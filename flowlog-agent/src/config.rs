@@ -276,7 +276,7 @@ pub struct FileSink {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// `file`: the directory.
+    /// `file`, `parquet`: the directory.
     pub path: Option<PathBuf>,
     /// `json` (the default) or `text` (space-separated, with a header line).
     pub format: Option<String>,
@@ -285,10 +285,18 @@ pub struct FileSink {
     pub rotate_bytes: Option<u64>,
     /// Rotate a file once it is this old: `90s`, `30m`, `1h`, `1d`.
     pub rotate_after: Option<String>,
-    /// Delete finished files older than this (default 7d).
+    /// `file`, `parquet`: delete finished files older than this (default 7d).
     pub retention: Option<String>,
     /// Keep at most this many bytes of finished files.
     pub retention_bytes: Option<u64>,
+    /// `parquet`: windows per file (default 1).
+    pub windows_per_file: Option<u32>,
+    /// `tcp`: the receiver, `host:port`.
+    pub address: Option<String>,
+    /// Network sinks: the spool directory (default `/var/lib/flowlog/spool/<name>`).
+    pub spool_dir: Option<PathBuf>,
+    /// Network sinks: the spool's bound in bytes (default 256 MiB).
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// A destination of records, validated.
@@ -307,6 +315,13 @@ pub enum SinkKind {
     Stdout,
     /// JSON lines in a directory, rotated and pruned ([`crate::sink::file`]).
     File(crate::sink::file::DirSettings),
+    /// Parquet files in a partitioned tree ([`crate::sink::parquet`]).
+    Parquet(crate::sink::parquet::ParquetSettings),
+    /// Lines over TCP through a spool ([`crate::sink::tcp`]).
+    Tcp {
+        address: String,
+        spool: crate::sink::spool::SpoolSettings,
+    },
 }
 
 /// When to watch the Kubernetes API for pod metadata.
@@ -1032,27 +1047,60 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
             )))
         }
     };
+    let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            bad(format!(
+                "{key} = {text:?} is not a duration: use 90s, 30m, 1h or 7d"
+            ))
+        }),
+    };
+    // Keys given that the type does not take.
+    let refuse = |kind: &str, keys: &[(&str, bool)]| -> Result<(), ConfigError> {
+        let given: Vec<&str> = keys
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect();
+        if given.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "type {kind} does not take {}",
+                given.join(", ")
+            )))
+        }
+    };
+    let network = [
+        ("address", d.address.is_some()),
+        ("spool_dir", d.spool_dir.is_some()),
+        ("spool_max_bytes", d.spool_max_bytes.is_some()),
+    ];
+    let rotation = [
+        ("rotate_bytes", d.rotate_bytes.is_some()),
+        ("rotate_after", d.rotate_after.is_some()),
+        ("retention_bytes", d.retention_bytes.is_some()),
+    ];
+    let parquet_keys = [("windows_per_file", d.windows_per_file.is_some())];
+    let path_of = |kind: &str| {
+        d.path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| bad(format!("type {kind} needs path = \"DIRECTORY\"")))
+    };
     let kind = match d.kind.as_str() {
         "stdout" => {
             if d.path.is_some() || d.rotate_bytes.is_some() || d.rotate_after.is_some() {
                 return Err(bad("type stdout takes no path or rotation".into()));
             }
+            refuse("stdout", &network)?;
+            refuse("stdout", &parquet_keys)?;
             SinkKind::Stdout
         }
         "file" => {
-            let dir = d
-                .path
-                .clone()
-                .filter(|p| !p.as_os_str().is_empty())
-                .ok_or_else(|| bad("type file needs path = \"DIRECTORY\"".into()))?;
-            let dur = |key: &str, v: &Option<String>, default: Duration| match v {
-                None => Ok(default),
-                Some(text) => parse_duration(text).ok_or_else(|| {
-                    bad(format!(
-                        "{key} = {text:?} is not a duration: use 90s, 30m, 1h or 7d"
-                    ))
-                }),
-            };
+            let dir = path_of("file")?;
+            refuse("file", &network)?;
+            refuse("file", &parquet_keys)?;
             let rotate_bytes = d.rotate_bytes.unwrap_or(DirSettings::DEFAULT_ROTATE_BYTES);
             if rotate_bytes == 0 {
                 return Err(bad("rotate_bytes must be at least 1".into()));
@@ -1070,19 +1118,112 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                 text: text.clone(),
             })
         }
-        "parquet" | "tcp" | "ipfix" | "kafka" => {
+        "parquet" => {
+            use crate::sink::parquet::ParquetSettings;
+            let dir = path_of("parquet")?;
+            refuse("parquet", &network)?;
+            refuse("parquet", &rotation)?;
+            if d.format.is_some() {
+                return Err(bad(
+                    "type parquet is its own format: remove format (and fields)".into(),
+                ));
+            }
+            let windows_per_file = d.windows_per_file.unwrap_or(1);
+            if windows_per_file == 0 {
+                return Err(bad("windows_per_file must be at least 1".into()));
+            }
+            SinkKind::Parquet(ParquetSettings {
+                dir,
+                windows_per_file,
+                retention: dur(
+                    "retention",
+                    &d.retention,
+                    ParquetSettings::DEFAULT_RETENTION,
+                )?,
+            })
+        }
+        "tcp" => {
+            use crate::sink::spool::{SpoolSettings, DEFAULT_DIR, DEFAULT_MAX_BYTES};
+            refuse("tcp", &rotation)?;
+            refuse("tcp", &parquet_keys)?;
+            refuse(
+                "tcp",
+                &[
+                    ("path", d.path.is_some()),
+                    ("retention", d.retention.is_some()),
+                ],
+            )?;
+            let address = d
+                .address
+                .clone()
+                .ok_or_else(|| bad("type tcp needs address = \"HOST:PORT\"".into()))?;
+            check_address(&address)
+                .map_err(|why| bad(format!("address = {address:?} is not HOST:PORT: {why}")))?;
+            let max_bytes = d.spool_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+            if max_bytes == 0 {
+                return Err(bad("spool_max_bytes must be at least 1".into()));
+            }
+            let dir = match &d.spool_dir {
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(bad("spool_dir is empty".into()))
+                }
+                Some(p) => p.clone(),
+                None => {
+                    if d.name.contains('/') || d.name.starts_with('.') {
+                        return Err(bad(
+                            "the default spool_dir is named after the sink: give spool_dir, or a name without '/' or a leading '.'".into(),
+                        ));
+                    }
+                    PathBuf::from(DEFAULT_DIR).join(&d.name)
+                }
+            };
+            SinkKind::Tcp {
+                address,
+                spool: SpoolSettings { dir, max_bytes },
+            }
+        }
+        "ipfix" | "kafka" => {
             return Err(bad(format!(
-                "type {:?} is not available yet (stdout and file are)",
+                "type {:?} is not available yet (stdout, file, parquet and tcp are)",
                 d.kind
             )))
         }
-        other => return Err(bad(format!("unknown type {other:?}: use stdout or file"))),
+        other => {
+            return Err(bad(format!(
+                "unknown type {other:?}: use stdout, file, parquet or tcp"
+            )))
+        }
     };
     Ok(SinkConfig {
         name: d.name.clone(),
         kind,
         text,
     })
+}
+
+/// `host:port`, `[v6]:port`: a host (name or address) and a port 1-65535.
+fn check_address(address: &str) -> Result<(), &'static str> {
+    let (host, port) = address.rsplit_once(':').ok_or("no :PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "the port is not a number 1-65535")?;
+    if port == 0 {
+        return Err("the port is 0");
+    }
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Some(v6) = bracketed {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "not an IPv6 address in brackets");
+    }
+    if host.contains(':') {
+        return Err("an IPv6 address goes in brackets: [::1]:9000");
+    }
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err("no host");
+    }
+    Ok(())
 }
 
 /// `90s`, `30m`, `1h`, `7d` (a whole number and one unit).
@@ -1456,6 +1597,143 @@ vpc_id = ""
             .contains("defined twice"));
         assert!(parse_file(
             "[[sink]]\nname = \"a\"\ntype = \"stdout\"\nspool = 1\n",
+            Path::new("t")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn parquet_and_tcp_sinks() {
+        use crate::sink::{parquet::ParquetSettings, spool::SpoolSettings};
+        let text = "[[sink]]\nname = \"lake\"\ntype = \"parquet\"\npath = \"/var/lib/fl/pq\"\nwindows_per_file = 5\nretention = \"2d\"\n\n[[sink]]\nname = \"collector\"\ntype = \"tcp\"\naddress = \"logs.example:9000\"\nformat = \"text\"\nspool_max_bytes = 1048576\n\n[[sink]]\nname = \"c2\"\ntype = \"tcp\"\naddress = \"[::1]:9000\"\nspool_dir = \"/tmp/sp\"\n";
+        let c = build(
+            &[
+                "-i",
+                "eth0",
+                "--sink",
+                "lake",
+                "--sink",
+                "collector",
+                "--sink",
+                "c2",
+            ],
+            Some(text),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sinks[0].kind,
+            SinkKind::Parquet(ParquetSettings {
+                dir: "/var/lib/fl/pq".into(),
+                windows_per_file: 5,
+                retention: Duration::from_secs(172_800),
+            })
+        );
+        assert_eq!(
+            c.sinks[1].kind,
+            SinkKind::Tcp {
+                address: "logs.example:9000".into(),
+                spool: SpoolSettings {
+                    dir: "/var/lib/flowlog/spool/collector".into(),
+                    max_bytes: 1_048_576,
+                },
+            }
+        );
+        assert!(c.sinks[1].text.is_some());
+        assert_eq!(
+            c.sinks[2].kind,
+            SinkKind::Tcp {
+                address: "[::1]:9000".into(),
+                spool: SpoolSettings {
+                    dir: "/tmp/sp".into(),
+                    max_bytes: 256 * 1024 * 1024,
+                },
+            }
+        );
+        for (def, problem) in [
+            (
+                "name = \"t\"\ntype = \"tcp\"",
+                "[[sink]] \"t\": type tcp needs address = \"HOST:PORT\"",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"host\"",
+                "[[sink]] \"t\": address = \"host\" is not HOST:PORT: no :PORT",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"host:0\"",
+                "address = \"host:0\" is not HOST:PORT: the port is 0",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"host:99999\"",
+                "the port is not a number 1-65535",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"::1:9000\"",
+                "an IPv6 address goes in brackets",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \":9000\"",
+                "no host",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nspool_max_bytes = 0",
+                "[[sink]] \"t\": spool_max_bytes must be at least 1",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nspool_dir = \"\"",
+                "spool_dir is empty",
+            ),
+            (
+                "name = \"a/b\"\ntype = \"tcp\"\naddress = \"h:1\"",
+                "the default spool_dir is named after the sink",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\npath = \"/d\"",
+                "type tcp does not take path",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nrotate_bytes = 5",
+                "type tcp does not take rotate_bytes",
+            ),
+            (
+                "name = \"p\"\ntype = \"parquet\"",
+                "[[sink]] \"p\": type parquet needs path = \"DIRECTORY\"",
+            ),
+            (
+                "name = \"p\"\ntype = \"parquet\"\npath = \"/d\"\nwindows_per_file = 0",
+                "windows_per_file must be at least 1",
+            ),
+            (
+                "name = \"p\"\ntype = \"parquet\"\npath = \"/d\"\nformat = \"text\"",
+                "type parquet is its own format",
+            ),
+            (
+                "name = \"p\"\ntype = \"parquet\"\npath = \"/d\"\naddress = \"h:1\"\nspool_dir = \"/s\"",
+                "type parquet does not take address, spool_dir",
+            ),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/d\"\nspool_max_bytes = 5",
+                "type file does not take spool_max_bytes",
+            ),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/d\"\nwindows_per_file = 5",
+                "type file does not take windows_per_file",
+            ),
+            (
+                "name = \"s\"\ntype = \"stdout\"\naddress = \"h:1\"",
+                "type stdout does not take address",
+            ),
+            (
+                "name = \"i\"\ntype = \"ipfix\"",
+                "type \"ipfix\" is not available yet (stdout, file, parquet and tcp are)",
+            ),
+        ] {
+            let e = build(&["-i", "eth0"], Some(&format!("[[sink]]\n{def}\n"))).unwrap_err();
+            assert!(e.to_string().contains(problem), "{e}\nwanted: {problem}");
+            assert_eq!(e.exit_code(), EXIT_USAGE);
+        }
+        // A size is a number of bytes.
+        assert!(parse_file(
+            "[[sink]]\nname = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nspool_max_bytes = \"1G\"\n",
             Path::new("t")
         )
         .is_err());

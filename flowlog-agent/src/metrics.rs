@@ -4,7 +4,8 @@
 //! GET /metrics   OpenMetrics text (prometheus-client): records and bytes per sink, sink
 //!                errors and undelivered records, windows, drain duration, streams and flow-map fill of the last
 //!                window, skipped streams/packets/bytes, data-path event counters,
-//!                attached interfaces, active flow logs
+//!                attached interfaces, active flow logs; network sinks: spool depth
+//!                (bytes, records), spool drops, delivered records
 //! GET /healthz   200 while the window loop is alive: the last window was emitted less
 //!                than two windows + 30 s ago; else 503 (a stuck drain)
 //! GET /readyz    200 once the programs are attached and collecting; else 503
@@ -79,6 +80,13 @@ pub struct Metrics {
     pub datapath: Family<EventLabels, Counter>,
     pub attached_interfaces: Gauge,
     pub active_flow_logs: Gauge,
+    /// Network sinks: undelivered bytes / records in the spool.
+    pub spool_bytes: Family<SinkLabels, Gauge>,
+    pub spool_records: Family<SinkLabels, Gauge>,
+    /// Network sinks: records dropped because the spool was full.
+    pub spool_dropped: Family<SinkLabels, Counter>,
+    /// Network sinks: records the destination acknowledged.
+    pub delivered: Family<SinkLabels, Counter>,
     ready: AtomicBool,
     /// Unix seconds of the last emitted window (0: none yet; then start-up time).
     last_window_s: AtomicU64,
@@ -119,6 +127,10 @@ impl Metrics {
             datapath: Family::default(),
             attached_interfaces: Gauge::default(),
             active_flow_logs: Gauge::default(),
+            spool_bytes: Family::default(),
+            spool_records: Family::default(),
+            spool_dropped: Family::default(),
+            delivered: Family::default(),
             ready: AtomicBool::new(false),
             last_window_s: AtomicU64::new(unix_s()),
             stall_after_s: AtomicU64::new(u64::MAX),
@@ -195,7 +207,40 @@ impl Metrics {
             "Flow log instances capturing",
             m.active_flow_logs.clone(),
         );
+        registry.register(
+            "spool_bytes",
+            "Undelivered bytes in a network sink's spool",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_records",
+            "Undelivered records in a network sink's spool",
+            m.spool_records.clone(),
+        );
+        registry.register(
+            "spool_dropped_records",
+            "Records a network sink's full spool dropped (never delivered)",
+            m.spool_dropped.clone(),
+        );
+        registry.register(
+            "delivered_records",
+            "Records a network sink's destination acknowledged (TCP: written and flushed)",
+            m.delivered.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The spool metrics of network sink `sink`.
+    pub fn spool_stats(&self, sink: &str) -> crate::sink::spool::SpoolStats {
+        let l = SinkLabels {
+            sink: sink.to_string(),
+        };
+        crate::sink::spool::SpoolStats {
+            depth_bytes: self.spool_bytes.get_or_create(&l).clone(),
+            depth_records: self.spool_records.get_or_create(&l).clone(),
+            dropped: self.spool_dropped.get_or_create(&l).clone(),
+            delivered: self.delivered.get_or_create(&l).clone(),
+        }
     }
 
     /// The programs are attached: ready; /healthz expects a window every `window`.

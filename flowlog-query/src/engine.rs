@@ -1,10 +1,14 @@
 //! The query engine: Apache DataFusion over the JSON-lines files, with the table
 //! `log` (see [`crate::schema`]) and the log service's query shape.
 //!
-//! The files are one DataFusion listing table of strings (`flowlog_raw`): the
+//! The files are one DataFusion table of strings (`flowlog_raw`): the
 //! JSON reader decodes each line against the fixed field list, so extension fields
 //! load as columns where present and as NULL elsewhere, and fields it does not
-//! know are skipped. Large files are split into byte ranges read in parallel, one
+//! know are skipped. Parquet files (the agent's `parquet` sink, typed columns) are a
+//! second listing table whose integer columns are turned back into the text the
+//! JSON form holds (NULL stays NULL, as a `-` does after typing); with both kinds
+//! present `flowlog_raw` is their `UNION ALL`, so every query, search and time range
+//! gives the same answer over either form of the same records. Large files are split into byte ranges read in parallel, one
 //! per core. For each query, `log` is registered as a view over that table that
 //! applies the query's search part and the time range (both on the raw text), and
 //! types the columns. The SQL part is parsed by DataFusion's parser, rewritten
@@ -26,7 +30,7 @@ use datafusion::{
     catalog::MemTable,
     common::{config::Dialect, DataFusionError},
     datasource::{
-        file_format::json::JsonFormat,
+        file_format::{json::JsonFormat, parquet::ParquetFormat},
         listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl},
     },
     execution::{context::SessionContext, SessionStateBuilder},
@@ -45,12 +49,16 @@ use crate::{
 };
 
 /// File name extensions read from a `--logs` directory.
-pub const LOG_EXTENSIONS: [&str; 3] = ["json", "jsonl", "log"];
+pub const LOG_EXTENSIONS: [&str; 4] = ["json", "jsonl", "log", "parquet"];
+
+/// Extension of Parquet files (every other log file is JSON lines).
+pub const PARQUET_EXTENSION: &str = "parquet";
 
 /// What to query.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// Log files, or directories of them (their `*.json`, `*.jsonl`, `*.log`).
+    /// Log files, or directories of them (their `*.json`, `*.jsonl`, `*.log`,
+    /// `*.parquet`, recursively).
     pub logs: Vec<PathBuf>,
     /// Records whose `start` is in this range.
     pub range: TimeRange,
@@ -84,29 +92,20 @@ pub struct Engine {
     from_log: Vec<TableWithJoins>,
 }
 
-/// The files `paths` stand for: files as given, directories' log files (not
-/// recursive), in order, without duplicates.
+/// The files `paths` stand for: files as given, directories' log files
+/// (recursively, as in a `dt=.../hour=...` tree; hidden entries skipped), in order,
+/// without duplicates.
 pub fn log_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, QueryError> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for path in paths {
-        let io_err = |source| QueryError::LogPath {
+        let meta = std::fs::metadata(path).map_err(|source| QueryError::LogPath {
             path: path.clone(),
             source,
-        };
-        let meta = std::fs::metadata(path).map_err(io_err)?;
+        })?;
         let mut found = Vec::new();
         if meta.is_dir() {
-            for entry in std::fs::read_dir(path).map_err(io_err)? {
-                let p = entry.map_err(io_err)?.path();
-                let ext_ok = p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| LOG_EXTENSIONS.contains(&e));
-                if ext_ok && p.is_file() {
-                    found.push(p);
-                }
-            }
+            collect_dir(path, &mut found)?;
             found.sort();
         } else {
             found.push(path.clone());
@@ -122,6 +121,40 @@ pub fn log_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, QueryError> {
         }
     }
     Ok(out)
+}
+
+/// The log files under `dir`, recursively.
+fn collect_dir(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), QueryError> {
+    let io_err = |source| QueryError::LogPath {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let p = entry.map_err(io_err)?.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            collect_dir(&p, found)?;
+            continue;
+        }
+        let ext_ok = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| LOG_EXTENSIONS.contains(&e));
+        if ext_ok && p.is_file() {
+            found.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn is_parquet(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()) == Some(PARQUET_EXTENSION)
 }
 
 /// A `file://` URL for an absolute path, every byte but unreserved ones and `/`
@@ -179,24 +212,58 @@ impl Engine {
             .iter()
             .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(true))
             .collect();
-        let raw = schema::raw_schema();
-        let table: Arc<dyn datafusion::catalog::TableProvider> = if nonempty.is_empty() {
-            Arc::new(MemTable::try_new(raw, vec![vec![]]).map_err(setup_err)?)
-        } else {
-            let urls = nonempty
+        let (parquet, json): (Vec<&PathBuf>, Vec<&PathBuf>) =
+            nonempty.into_iter().partition(|p| is_parquet(p));
+        let listing = |paths: &[&PathBuf],
+                       options: ListingOptions,
+                       schema: SchemaRef|
+         -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
+            let urls = paths
                 .iter()
                 .map(|p| ListingTableUrl::parse(file_url(p)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(setup_err)?;
-            let options =
-                ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension("");
             let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(raw);
-            Arc::new(ListingTable::try_new(config).map_err(setup_err)?)
+                .with_listing_options(options.with_file_extension(""))
+                .with_schema(schema);
+            Ok(Arc::new(ListingTable::try_new(config).map_err(setup_err)?))
         };
-        ctx.register_table(schema::RAW_TABLE, table)
-            .map_err(setup_err)?;
+        let raw = schema::raw_schema();
+        let json_table: Arc<dyn datafusion::catalog::TableProvider> = if json.is_empty() {
+            Arc::new(MemTable::try_new(raw.clone(), vec![vec![]]).map_err(setup_err)?)
+        } else {
+            listing(
+                &json,
+                ListingOptions::new(Arc::new(JsonFormat::default())),
+                raw.clone(),
+            )?
+        };
+        if parquet.is_empty() {
+            ctx.register_table(schema::RAW_TABLE, json_table)
+                .map_err(setup_err)?;
+        } else {
+            let pq = listing(
+                &parquet,
+                ListingOptions::new(Arc::new(ParquetFormat::default())),
+                schema::parquet_schema(),
+            )?;
+            ctx.register_table(schema::RAW_JSON_TABLE, json_table)
+                .map_err(setup_err)?;
+            ctx.register_table(schema::RAW_PARQUET_TABLE, pq)
+                .map_err(setup_err)?;
+            let sql = format!(
+                "SELECT * FROM {} UNION ALL SELECT {} FROM {}",
+                schema::RAW_JSON_TABLE,
+                schema::parquet_as_text(),
+                schema::RAW_PARQUET_TABLE
+            );
+            let view = runtime
+                .block_on(ctx.sql(&sql))
+                .map_err(|e| setup_err(format!("combining JSON and Parquet files: {e}")))?
+                .into_view();
+            ctx.register_table(schema::RAW_TABLE, view)
+                .map_err(setup_err)?;
+        }
 
         let from_log = {
             let state = ctx.state();

@@ -1,7 +1,8 @@
 //! The columns of the `log` table: the contract's fields (in its order), the
 //! extension fields some records carry, and `__time__`.
 //!
-//! In the files every value is a string. In `log`:
+//! In the JSON files every value is a string (the agent's Parquet files hold
+//! numbers as integers; they are read as the same text first). In `log`:
 //!
 //! | kind | fields | `-` becomes |
 //! |---|---|---|
@@ -81,6 +82,10 @@ pub const TABLE: &str = "log";
 
 /// The table over the files, every field a nullable string (not for queries).
 pub(crate) const RAW_TABLE: &str = "flowlog_raw";
+/// With Parquet files: the JSON files' part of [`RAW_TABLE`].
+pub(crate) const RAW_JSON_TABLE: &str = "flowlog_raw_json";
+/// With Parquet files: the Parquet files, typed as the agent writes them.
+pub(crate) const RAW_PARQUET_TABLE: &str = "flowlog_raw_parquet";
 
 /// A field by name (exact, then ASCII case-insensitive), or `__time__`.
 pub fn field(name: &str) -> Option<LogField> {
@@ -105,6 +110,50 @@ pub(crate) fn raw_schema() -> SchemaRef {
             .map(|f| Field::new(f.name, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// Schema of the agent's Parquet files as read: numbers BIGINT (the files' INT32
+/// columns widen), text as text; a column a file lacks (`rule-id` of the base
+/// format) is NULL. Columns the table does not know (`record-id`) are not read.
+pub(crate) fn parquet_schema() -> SchemaRef {
+    Arc::new(Schema::new(
+        FIELDS
+            .iter()
+            .map(|f| {
+                let t = match f.kind {
+                    Number => DataType::Int64,
+                    Traffic | Text => DataType::Utf8,
+                };
+                Field::new(f.name, t, true)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Fields every JSON record carries (`-` where they do not apply): the contract's
+/// base set, the first [`BASE_COUNT`] of [`FIELDS`].
+const BASE_COUNT: usize = 21;
+
+/// The SELECT list that gives the Parquet table the raw (text) shape of the JSON
+/// files: a number as its decimal text, and NULL as `-` in the base fields (which
+/// JSON records always carry) or NULL in the others (absent from the JSON record);
+/// text is stored as written.
+pub(crate) fn parquet_as_text() -> String {
+    FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let q = quote_ident(f.name);
+            match f.kind {
+                Number if i < BASE_COUNT => {
+                    format!("COALESCE(CAST({q} AS VARCHAR), '-') AS {q}")
+                }
+                Number => format!("CAST({q} AS VARCHAR) AS {q}"),
+                Traffic | Text => q,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A SQL identifier for `name`, double-quoted.

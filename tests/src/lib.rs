@@ -10,17 +10,22 @@
 //!   and `/proc/net/snmp` counters.
 //! * [`packet`]: a byte-exact packet builder for `BPF_PROG_TEST_RUN` tests.
 //! * [`policy`]: temporary policy files for `--policy`, rewritten atomically for reloads.
+//! * [`collector`]: a TCP line collector (the `tcp` sink's receiver) that can be
+//!   stopped and started again.
+//! * [`scrape`]: `/metrics` of a running agent, read by the Python Prometheus parser.
 //! * [`tcp`]: TCP clients bound to a chosen source address with a connect timeout, and a
 //!   many-connection server, both reporting their sockets' own `TCP_INFO` counters.
 //!
 //! Everything here needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN for `setns`, CAP_BPF).
 pub mod agent;
+pub mod collector;
 pub mod control;
 pub mod known;
 pub mod netns;
 pub mod packet;
 pub mod policy;
 pub mod record;
+pub mod scrape;
 pub mod tcp;
 pub mod traffic;
 
