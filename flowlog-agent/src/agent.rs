@@ -820,7 +820,7 @@ impl Agent<'_> {
             extra,
         };
         if std::mem::take(&mut self.catch_up) {
-            let mut idle = self.maps.drain_idle();
+            let mut idle = self.maps.drain_idle()?;
             streams += feed.streams(&mut idle, &mut runs).await?;
             feed.skips(idle.finish()?, &mut runs, &mut skipped_total);
         }

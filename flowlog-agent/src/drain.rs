@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   programs ──write──▶ FLOWS_<active>          agent
-//!                                               1. CONFIG[GENERATION] = active ^ 1
+//!                                               1. CONFIG[GENERATION] += 1 (parity = active)
 //!                                               2. RcuBarrier::synchronize()  (grace period)
 //!                                               3. read FLOWS_<old> in batches
 //!                                                  (BPF_MAP_LOOKUP_BATCH), render, write;
@@ -31,7 +31,9 @@ use aya::{
     maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray},
     Ebpf,
 };
-use flowlog_common::{config, counter, names, FlowKey, FlowStats, SkipKey, SkipStats};
+use std::collections::HashMap as HashMap_;
+
+use flowlog_common::{config, counter, names, CacheSlot, FlowKey, FlowStats, SkipKey, SkipStats};
 
 use crate::{
     batch::{read_pod, BatchDrain},
@@ -84,6 +86,10 @@ pub struct FlowMaps {
     counters: PerCpuArray<MapData, u64>,
     barrier: RcuBarrier,
     active: u32,
+    /// `CONFIG[GENERATION]`: the window counter (`& 1` = `active`).
+    counter: u32,
+    /// The per-CPU stream caches of the two generations.
+    cache: [PerCpuArray<MapData, CacheSlot>; 2],
     /// Generations read but not yet cleared (step 4).
     dirty: [bool; 2],
 }
@@ -125,10 +131,13 @@ impl FlowMaps {
             counters: take(ebpf, names::COUNTERS)?,
             barrier: RcuBarrier::new()?,
             active: 0,
+            counter: 0,
+            cache: [take(ebpf, names::CACHE[0])?, take(ebpf, names::CACHE[1])?],
             dirty: [false; 2],
         };
         match adopted {
             Some(a) => {
+                maps.counter = a.generation;
                 maps.active = a.generation & 1;
                 maps.dirty[(maps.active ^ 1) as usize] = true;
             }
@@ -156,7 +165,7 @@ impl FlowMaps {
     }
 
     /// Drains the idle generation without switching (see [`FlowMaps::idle_unemitted`]).
-    pub fn drain_idle(&mut self) -> GenerationDrain<'_> {
+    pub fn drain_idle(&mut self) -> Result<GenerationDrain<'_>, DrainError> {
         let g = self.active ^ 1;
         let cursor = BatchDrain::new(
             raw_fd(&self.flows[g as usize]),
@@ -166,11 +175,36 @@ impl FlowMaps {
         )
         .read_only();
         self.dirty[g as usize] = true;
-        GenerationDrain {
+        // The idle generation's window had counter - 1, its slots tag `counter`.
+        let cached = self.cached(g, self.counter)?;
+        Ok(GenerationDrain {
             maps: self,
             gen: g,
             cursor,
+            cached,
+        })
+    }
+
+    /// The per-CPU cache slots of generation `g` tagged `tag`, summed per stream.
+    fn cached(&self, g: u32, tag: u32) -> Result<HashMap_<FlowKey, CacheSlot>, DrainError> {
+        let mut out: HashMap_<FlowKey, CacheSlot> = HashMap_::new();
+        let name = names::CACHE[g as usize];
+        for i in 0..flowlog_common::CACHE_SLOTS {
+            let per_cpu = self.cache[g as usize]
+                .get(&i, 0)
+                .map_err(|source| DrainError::Read { name, source })?;
+            for slot in per_cpu.iter().filter(|s| s.tag == tag && s.packets > 0) {
+                out.entry(slot.key)
+                    .and_modify(|d| {
+                        d.packets += slot.packets;
+                        d.bytes += slot.bytes;
+                        d.tcp_flags |= slot.tcp_flags;
+                        d.rule_id = slot.rule_id;
+                    })
+                    .or_insert(*slot);
+            }
         }
+        Ok(out)
     }
 
     /// Ends the current window: switches the programs to the other generation and
@@ -181,8 +215,10 @@ impl FlowMaps {
         if self.dirty[new as usize] {
             self.clear(new)?;
         }
+        let old_counter = self.counter;
+        let new_counter = old_counter.wrapping_add(1);
         self.config
-            .set(config::GENERATION, new, 0)
+            .set(config::GENERATION, new_counter, 0)
             .map_err(DrainError::Switch)?;
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -192,6 +228,8 @@ impl FlowMaps {
             .map_err(DrainError::Switch)?;
         self.barrier.synchronize()?;
         self.active = new;
+        self.counter = new_counter;
+        let cached = self.cached(old, old_counter.wrapping_add(1))?;
         let g = old as usize;
         let cursor = BatchDrain::new(
             raw_fd(&self.flows[g]),
@@ -205,6 +243,7 @@ impl FlowMaps {
             maps: self,
             gen: old,
             cursor,
+            cached,
         })
     }
 
@@ -282,6 +321,9 @@ pub struct GenerationDrain<'a> {
     maps: &'a mut FlowMaps,
     gen: u32,
     cursor: BatchDrain,
+    /// The CPUs' cached counters of this generation, added to their streams as they
+    /// are read.
+    cached: HashMap_<FlowKey, CacheSlot>,
 }
 
 impl GenerationDrain<'_> {
@@ -293,18 +335,38 @@ impl GenerationDrain<'_> {
             .cursor
             .next_batch()
             .map_err(|e| DrainError::Batch { name, source: e })?;
+        let start = out.len();
         out.extend((0..n).map(|i| {
             (
                 read_pod::<FlowKey>(self.cursor.key(i)),
                 read_pod::<FlowStats>(self.cursor.value(i)),
             )
         }));
+        if !self.cached.is_empty() {
+            for (key, stats) in &mut out[start..] {
+                if let Some(c) = self.cached.remove(key) {
+                    stats.packets += c.packets;
+                    stats.bytes += c.bytes;
+                    stats.tcp_flags |= c.tcp_flags;
+                    stats.rule_id = c.rule_id;
+                }
+            }
+        }
         Ok(n > 0)
     }
 
     /// Reads and clears the generation's skip counters and skipped-stream set.
     /// Call after the streams are drained.
     pub fn finish(self) -> Result<Vec<(u32, SkipStats)>, DrainError> {
+        if !self.cached.is_empty() {
+            // A slot is claimed only after its stream's entry exists, and entries are
+            // not removed within a window: this cannot happen; say so if it does.
+            tracing::error!(
+                streams = self.cached.len(),
+                packets = self.cached.values().map(|c| c.packets).sum::<u64>(),
+                "cached counters without a flow-map entry: not recorded"
+            );
+        }
         let g = self.gen as usize;
         let maps = self.maps;
         let skipped_name = names::SKIPPED_STREAMS[g];

@@ -72,7 +72,7 @@ pub fn on_bpffs(path: &Path) -> bool {
 pub struct Adopted {
     /// Unix seconds of its last switch (0: none).
     pub last_switch_s: u32,
-    /// Active generation.
+    /// `CONFIG[GENERATION]`: the window counter (`& 1`: the active generation).
     pub generation: u32,
     /// `CONFIG[EMITTED]`.
     pub emitted: u32,
@@ -140,7 +140,7 @@ impl Pins {
             if get(config::LAYOUT) == LAYOUT_VERSION && get(config::SHAPE) == shape {
                 adopted = Some(Adopted {
                     last_switch_s: get(config::LAST_SWITCH_S),
-                    generation: get(config::GENERATION) & 1,
+                    generation: get(config::GENERATION),
                     emitted: get(config::EMITTED),
                 });
             } else {

@@ -43,7 +43,7 @@ pub const TRAFFIC_PATH_UNCLASSIFIED: u8 = 0xff;
 /// Addresses are in network byte order; an IPv4 address occupies the first four bytes
 /// of its 16-byte field and the rest is zero. Ports are in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub ifindex: u32,
     pub src_addr: [u8; 16],
@@ -96,6 +96,31 @@ pub struct FlowStats {
     pub rule_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
+
+/// One slot of the per-CPU cache of hot streams (`CACHE_<gen>`): the counters a CPU
+/// added to one stream since it claimed the slot in this window. The stream's entry in
+/// `FLOWS_<gen>` exists (a slot is claimed only after it), and the agent adds the slots
+/// of a generation to those entries when it drains it, so a cached packet costs no
+/// shared-map lookup and no atomic operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    pub key: FlowKey,
+    pub packets: u64,
+    pub bytes: u64,
+    /// `CONFIG[GENERATION] + 1` of the window that claimed the slot; any other value
+    /// (0 when never used) is an empty slot.
+    pub tag: u32,
+    /// Policy rule of the last cached packet.
+    pub rule_id: u32,
+    /// OR of the cached packets' TCP flags (FIN and RST never take the cache).
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
+
+/// Slots of the per-CPU stream cache (a power of two).
+pub const CACHE_SLOTS: u32 = 512;
 
 /// Key of the per-interface skip counters: what could not be placed in a full flow map.
 #[repr(C)]
@@ -208,7 +233,8 @@ const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
 
 /// Indices of the `CONFIG` array map, written by the agent.
 pub mod config {
-    /// Active generation (0 or 1) of the flow maps.
+    /// Window counter: `& 1` is the active generation of the flow maps; the whole
+    /// value tags the stream cache's slots.
     pub const GENERATION: u32 = 0;
     /// Policy epoch: bumped at every policy (re)load. `epoch & 1` selects the active
     /// generation of the policy maps; tracked connections of older epochs are
@@ -233,7 +259,7 @@ pub mod config {
 /// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in
@@ -427,8 +453,11 @@ pub mod names {
     pub const PATH_RULES: &str = "PATH_RULES";
     pub const PATH_CIDRS: &str = "PATH_CIDRS";
     pub const VERDICTS: &str = "VERDICTS";
+    pub const CACHE: [&str; 2] = ["CACHE_0", "CACHE_1"];
     /// Every map pinned across agent restarts (all but the kernel log ring).
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 21] = [
+        CACHE[0],
+        CACHE[1],
         FLOWS[0],
         FLOWS[1],
         SKIPPED_STREAMS[0],
@@ -473,6 +502,7 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for IfaceConf {}
+    unsafe impl aya::Pod for CacheSlot {}
     unsafe impl aya::Pod for PathRule {}
     unsafe impl aya::Pod for PathCidrKey {}
 

@@ -7,9 +7,12 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, macros::map, maps::HashMap,
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
 };
-use flowlog_common::{counter, FlowKey, FlowStats, SkipKey, SkipStats};
+use flowlog_common::{counter, CacheSlot, FlowKey, FlowStats, SkipKey, SkipStats, CACHE_SLOTS};
 
 use crate::{
     parse::{TCP_FIN, TCP_RST},
@@ -38,12 +41,53 @@ pub(crate) static SKIP_STATS: HashMap<SkipKey, SkipStats> = HashMap::with_max_en
 
 const EEXIST: i32 = -17;
 
+/// The window counter (`& 1`: the active generation).
 #[inline(always)]
-pub(crate) fn generation() -> u32 {
+pub(crate) fn window_counter() -> u32 {
     match CONFIG.get(flowlog_common::config::GENERATION) {
-        Some(g) => *g & 1,
+        Some(g) => *g,
         None => 0,
     }
+}
+
+/// Hot streams per CPU, one array per generation: counters added without atomics and
+/// without a shared-map lookup (see `CacheSlot`).
+#[map(name = "CACHE_0")]
+pub(crate) static CACHE_0: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+#[map(name = "CACHE_1")]
+pub(crate) static CACHE_1: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+
+/// The key as the 12 words it is made of (`FlowKey` is 48 bytes, 4-aligned).
+#[inline(always)]
+fn words(k: &FlowKey) -> *const u32 {
+    k as *const FlowKey as *const u32
+}
+
+/// Slot of a stream: a multiply-xor hash of the key's words.
+#[inline(always)]
+fn slot_of(k: &FlowKey) -> u32 {
+    let w = words(k);
+    let mut h: u32 = 0x9e37_79b9;
+    let mut i = 0;
+    while i < 12 {
+        // SAFETY: `i < 12` words of a 48-byte, 4-aligned struct.
+        h = (h ^ unsafe { read_volatile(w.add(i)) }).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    (h ^ (h >> 15)) & (CACHE_SLOTS - 1)
+}
+
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (x, y) = (words(a), words(b));
+    let mut diff = 0u32;
+    let mut i = 0;
+    while i < 12 {
+        // SAFETY: as in `slot_of`.
+        diff |= unsafe { read_volatile(x.add(i)) ^ read_volatile(y.add(i)) };
+        i += 1;
+    }
+    diff == 0
 }
 
 #[derive(PartialEq, Eq)]
@@ -66,11 +110,35 @@ pub(crate) fn now_ns() -> u64 {
 
 #[inline(always)]
 pub(crate) fn record(p: &Parsed) -> Recorded {
-    let gen = generation();
-    let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
+    let counter = window_counter();
+    let gen = counter & 1;
+    let tag = counter.wrapping_add(1);
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
+    // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
+    // packets take the shared entry (they stamp its end time).
+    let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
+    let slot = if closed == 0 {
+        cache.get_ptr_mut(slot_of(&p.key))
+    } else {
+        None
+    };
+    if let Some(c) = slot {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other, and
+        // the agent reads this generation's slots only after the switch away from it
+        // and an RCU grace period.
+        let c = unsafe { &mut *c };
+        if c.tag == tag && same_key(&c.key, &p.key) {
+            c.packets += p.packets;
+            c.bytes += p.bytes;
+            c.tcp_flags |= p.tcp_flags;
+            c.rule_id = p.rule_id;
+            return Recorded::Stream;
+        }
+    }
+    let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
     if let Some(s) = flows.get_ptr_mut(&p.key) {
         add(s, p, closed);
+        claim(slot, p, tag);
         return Recorded::Stream;
     }
     let Some(traffic_path) = select(p) else {
@@ -93,7 +161,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         rule_id: p.rule_id,
     };
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => claim(slot, p, tag),
         // Another CPU inserted the stream between our lookup and insert: add to it.
         Err(EEXIST) => match flows.get_ptr_mut(&p.key) {
             Some(s) => add(s, p, closed),
@@ -102,6 +170,25 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         Err(_) => return skip(p, gen),
     }
     Recorded::Stream
+}
+
+/// Takes an empty cache slot (none of this window) for a stream whose shared entry
+/// exists and already holds this packet: its next packets on this CPU are cached. An
+/// occupied slot stays with its stream (first come, first served in a window).
+#[inline(always)]
+fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32) {
+    if let Some(c) = slot {
+        // SAFETY: as in `record`.
+        let c = unsafe { &mut *c };
+        if c.tag != tag {
+            c.key = p.key;
+            c.packets = 0;
+            c.bytes = 0;
+            c.tcp_flags = 0;
+            c.rule_id = p.rule_id;
+            c.tag = tag;
+        }
+    }
 }
 
 /// Adds a packet to an existing stream's shared counters. Packets and bytes are
