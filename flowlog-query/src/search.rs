@@ -225,10 +225,17 @@ fn is_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Deepest nesting of parentheses and `NOT`s: the parser, [`Search::to_sql`] and
+/// dropping a [`Search`] recurse once per level, so a long run of `(` or `NOT` must be
+/// an error, not a stack overflow.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     tokens: Vec<Token>,
     pos: usize,
     text: &'a str,
+    /// Open parentheses and `NOT`s around the current term.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -245,6 +252,18 @@ impl Parser<'_> {
             message: message.into(),
             offset,
         })
+    }
+
+    /// One level deeper (a `(` or `NOT` at `offset`), or the error if that is too deep.
+    fn enter(&mut self, offset: usize) -> Result<(), SearchError> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(
+                format!("nested too deeply: at most {MAX_DEPTH} levels of parentheses and NOT"),
+                offset,
+            );
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn or_expr(&mut self) -> Result<Search, SearchError> {
@@ -288,8 +307,12 @@ impl Parser<'_> {
     fn not_expr(&mut self) -> Result<Search, SearchError> {
         match self.peek() {
             Some(t) if is_keyword(&t.tok, "not") => {
+                let offset = t.offset;
+                self.enter(offset)?;
                 self.pos += 1;
-                Ok(Search::Not(Box::new(self.not_expr()?)))
+                let inner = self.not_expr()?;
+                self.depth -= 1;
+                Ok(Search::Not(Box::new(inner)))
             }
             _ => self.primary(),
         }
@@ -302,7 +325,9 @@ impl Parser<'_> {
         self.pos += 1;
         match token.tok {
             Tok::LParen => {
+                self.enter(token.offset)?;
                 let inner = self.or_expr()?;
+                self.depth -= 1;
                 match self.peek() {
                     Some(Token {
                         tok: Tok::RParen, ..
@@ -457,6 +482,7 @@ pub fn parse(text: &str) -> Result<Search, SearchError> {
         tokens,
         pos: 0,
         text,
+        depth: 0,
     };
     let s = p.or_expr()?;
     if let Some(t) = p.peek() {
@@ -551,6 +577,36 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found with the `search` fuzz target's review (recursion without a bound): a query
+    /// of 50,000 `(` aborted with a stack overflow instead of returning an error.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let e = parse(&"(".repeat(50_000)).unwrap_err();
+        assert!(e.message.starts_with("nested too deeply"), "{e}");
+        assert_eq!(e.offset, MAX_DEPTH);
+        let nots = "not ".repeat(50_000) + "a";
+        let e = parse(&nots).unwrap_err();
+        assert!(e.message.starts_with("nested too deeply"), "{e}");
+        assert_eq!(e.offset, 4 * MAX_DEPTH);
+        // The limit itself is fine, and renders.
+        let ok = format!("{}a{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert_eq!(
+            parse(&ok).unwrap(),
+            Search::Match {
+                field: None,
+                pattern: Pattern::Exact("a".into())
+            }
+        );
+        let ok = format!("{}a", "NOT ".repeat(MAX_DEPTH));
+        assert!(parse(&ok).unwrap().to_sql().starts_with("(NOT COALESCE("));
+        let too_deep = format!(
+            "{}a{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
+        assert!(parse(&too_deep).is_err());
+    }
 
     fn m(field: &'static str, p: Pattern) -> Search {
         Search::Match {

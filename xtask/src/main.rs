@@ -6,7 +6,9 @@
 //!   integration tests as root.
 //! - `cargo xtask image`: the container image (podman), and its size.
 //! - `cargo xtask soak --minutes 30`: the long soak run.
+//! - `cargo xtask fuzz`: the parser fuzz targets (`fuzz/`, cargo-fuzz), a while each.
 mod bench;
+mod fuzz;
 
 use std::{
     env,
@@ -57,6 +59,9 @@ enum Task {
     /// Benchmarks (root): kernel cost per packet, veth throughput vs. softflowd, drain
     /// time and agent memory; writes target/bench/summary.json.
     Bench(bench::BenchArgs),
+    /// Fuzz the user-space parsers (cargo-fuzz, the pinned nightly) for N seconds per
+    /// target on a copy of the corpus in fuzz/corpus; fails on a crash, naming its input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn workspace_root() -> PathBuf {
@@ -240,6 +245,7 @@ fn main() -> ExitCode {
         Task::Image { tag } => image(&tag),
         Task::Bench(args) => bench::run(args),
         Task::Soak { minutes } => soak(minutes),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
