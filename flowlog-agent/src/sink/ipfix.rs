@@ -37,6 +37,9 @@
 //! * **Templates**: over TCP once at the start of each connection (a new transport
 //!   session: the sequence number restarts at 0); over UDP before the first message
 //!   and again every `template_refresh`.
+//! * **Times**: `flowStartSeconds`/`flowEndSeconds` as the contract has them, and
+//!   the same instants as `flowStartMilliseconds`/`flowEndMilliseconds`, which
+//!   collectors such as nfdump 1.7 read instead.
 //! * **Interfaces**: `interfaceName` is the record's `eni-id` (by default the
 //!   interface's name); `ingressInterface` (direction in) or `egressInterface`
 //!   (direction out) is its ifindex when `eni-id` names a local interface, else 0.
@@ -129,7 +132,7 @@ const IDENTITY: [Field; 8] = [
     (E_RECORD_ID, 8, true),
 ];
 
-const fn flow(src: (u16, u16), dst: (u16, u16)) -> [Field; 23] {
+const fn flow(src: (u16, u16), dst: (u16, u16)) -> [Field; 25] {
     [
         (1, 8, false),         // octetDeltaCount
         (2, 8, false),         // packetDeltaCount
@@ -147,6 +150,8 @@ const fn flow(src: (u16, u16), dst: (u16, u16)) -> [Field; 23] {
         (89, 1, false),        // forwardingStatus (reduced-size unsigned32)
         (150, 4, false),       // flowStartSeconds
         (151, 4, false),       // flowEndSeconds
+        (152, 8, false),       // flowStartMilliseconds (the same instant)
+        (153, 8, false),       // flowEndMilliseconds
         IDENTITY[0],
         IDENTITY[1],
         IDENTITY[2],
@@ -158,9 +163,9 @@ const fn flow(src: (u16, u16), dst: (u16, u16)) -> [Field; 23] {
 }
 
 /// Template 256 (the record-id element is appended: see [`fields_of`]).
-pub const FLOW_V4: [Field; 23] = flow((8, 4), (12, 4));
+pub const FLOW_V4: [Field; 25] = flow((8, 4), (12, 4));
 /// Template 257.
-pub const FLOW_V6: [Field; 23] = flow((27, 16), (28, 16));
+pub const FLOW_V6: [Field; 25] = flow((27, 16), (28, 16));
 /// Template 258.
 pub const NODATA: [Field; 11] = [
     (150, 4, false),
@@ -488,6 +493,8 @@ impl Encoder {
                 r.push(forwarding);
                 r.extend_from_slice(&start.to_be_bytes());
                 r.extend_from_slice(&end.to_be_bytes());
+                r.extend_from_slice(&(u64::from(start) * 1000).to_be_bytes());
+                r.extend_from_slice(&(u64::from(end) * 1000).to_be_bytes());
                 self.identity(&mut r, &m, true)?;
                 r.extend_from_slice(&Self::record_id(&m)?.to_be_bytes());
                 Ok((if v6 { TEMPLATE_V6 } else { TEMPLATE_V4 }, r))
@@ -817,10 +824,18 @@ mod tests {
         assert_eq!(r[47], DROPPED_ACL);
         assert_eq!(u32_at(r, 48), 1720775420);
         assert_eq!(u32_at(r, 52), 1720775480);
-        assert_eq!(r[56], 3, "traffic_path");
-        assert_eq!(&r[57..60], b"\x02OK");
         assert_eq!(
-            &r[60..r.len() - 8],
+            u64::from_be_bytes(r[56..64].try_into().unwrap()),
+            1720775420000
+        );
+        assert_eq!(
+            u64::from_be_bytes(r[64..72].try_into().unwrap()),
+            1720775480000
+        );
+        assert_eq!(r[72], 3, "traffic_path");
+        assert_eq!(&r[73..76], b"\x02OK");
+        assert_eq!(
+            &r[76..r.len() - 8],
             b"\x05eni-1\x03i-1\x05vsw-1\x05vpc-1\x03acc"
         );
         assert_eq!(
@@ -862,7 +877,7 @@ mod tests {
         assert_eq!(u16_at(&t, 16), 2, "template set");
         let set_len = u16_at(&t, 18) as usize;
         assert_eq!(u16_at(&t, 20), TEMPLATE_V4);
-        assert_eq!(u16_at(&t, 22), 24, "field count");
+        assert_eq!(u16_at(&t, 22), 26, "field count");
         let opt = 16 + set_len;
         assert_eq!(u16_at(&t, opt), 3, "options template set");
         assert_eq!(u16_at(&t, opt + 4), TEMPLATE_SKIPDATA);
