@@ -711,3 +711,316 @@ fn ipfix_tcp_collector_outage() {
     let _ = std::fs::remove_file(&tap_file);
     let _ = std::fs::remove_file(&config);
 }
+
+/// The tansu broker: `$TANSU_BIN`, else `tansu` on the PATH, else `/opt/tansu/bin/tansu`
+/// (where `.ci/setup` installs it).
+fn tansu_bin() -> String {
+    if let Ok(b) = std::env::var("TANSU_BIN") {
+        return b;
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("tansu");
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    let p = "/opt/tansu/bin/tansu";
+    assert!(
+        Path::new(p).is_file(),
+        "no tansu broker (set TANSU_BIN or run bash .ci/setup)"
+    );
+    p.to_string()
+}
+
+const BROKER: &str = "127.0.0.1:9092";
+
+/// A tansu broker on [`BROKER`] in `ns`, with in-memory storage (it starts empty).
+fn broker(ns: &str) -> Proc {
+    let url = format!("tcp://{BROKER}");
+    let bin = tansu_bin();
+    let p = Proc::start(
+        ns,
+        &[
+            &bin,
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        None,
+    );
+    wait_port(ns, "-t", 9092);
+    p
+}
+
+fn kafka_tool(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3"])
+        .arg(py("kafka_tool.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A consumed message: (partition, offset, key, value).
+type Message = (i64, i64, String, String);
+
+fn consume(ns: &str, topic: &str) -> Vec<Message> {
+    let v: Value = serde_json::from_str(&kafka_tool(ns, &["consume", BROKER, topic])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["partition"].as_i64().unwrap(),
+                m["offset"].as_i64().unwrap(),
+                m["key"].as_str().unwrap().to_string(),
+                m["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn kafka_agent(ns: &str, ifaces: &[&str], config: &Path, port: u16) -> Agent {
+    let mut args = vec!["run"];
+    for i in ifaces {
+        args.extend(["--interface", i]);
+    }
+    let port = format!(":{port}");
+    args.extend([
+        "--window",
+        "2s",
+        "--record-format",
+        "extended",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "bus",
+        "--output",
+        "-",
+        "--metrics-address",
+        &port,
+    ]);
+    Agent::start(ns, &args)
+}
+
+/// Checks consumed messages against the records stdout got: each record once, its
+/// value the record's JSON line, keyed by its eni-id, one partition per key, and
+/// per key in the order stdout has them.
+fn check_messages(msgs: &[Message], stdout: &[Record]) {
+    let want: Vec<&Record> = stdout.iter().filter(|r| r.status() != "SKIPDATA").collect();
+    let mut ids = BTreeSet::new();
+    let mut partition_of: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_key: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for (p, off, key, value) in msgs {
+        let r = Record::parse(value).unwrap();
+        assert_eq!(key, r.eni(), "the key is the eni-id");
+        assert!(
+            ids.insert(r.field("record-id").to_string()),
+            "record {} twice",
+            r.field("record-id")
+        );
+        assert_eq!(
+            *partition_of.entry(r.eni().to_string()).or_insert(*p),
+            *p,
+            "one interface, one partition"
+        );
+        by_key
+            .entry(key.clone())
+            .or_default()
+            .push((*off, r.field("record-id").to_string()));
+    }
+    let want_ids: BTreeSet<String> = want
+        .iter()
+        .map(|r| r.field("record-id").to_string())
+        .collect();
+    assert_eq!(ids, want_ids, "the topic holds exactly the printed records");
+    // Values are the agent's lines, byte for byte.
+    let lines: BTreeSet<&str> = msgs.iter().map(|m| m.3.as_str()).collect();
+    for r in &want {
+        assert!(lines.contains(r.raw.trim_end()), "{}", r.raw);
+    }
+    for (key, mut got) in by_key {
+        got.sort();
+        let got: Vec<String> = got.into_iter().map(|(_, id)| id).collect();
+        let order: Vec<String> = want
+            .iter()
+            .filter(|r| r.eni() == key)
+            .map(|r| r.field("record-id").to_string())
+            .collect();
+        assert_eq!(got, order, "records of {key} in order");
+    }
+}
+
+/// Records of two interfaces through a 3-partition topic, lz4-compressed.
+#[test]
+fn kafka_sink_keyed_and_ordered_per_interface() {
+    require_root();
+    let a = Netns::new("kfk-a");
+    let b = Netns::new("kfk-b");
+    let v1 = VethPair::new(&a, &b, "kf", 1);
+    let v2 = VethPair::new(&a, &b, "kf", 2);
+    let _broker = broker(a.name());
+    kafka_tool(a.name(), &["create", BROKER, "flows", "3"]);
+    let spool = scratch("kafka-spool");
+    let config = write_config(
+        "kafka",
+        &format!(
+            "[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = [\"{BROKER}\"]\ntopic = \"flows\"\ncompression = \"lz4\"\nspool_dir = \"{}\"\n",
+            spool.display()
+        ),
+    );
+    let ag = kafka_agent(a.name(), &[&v1.if_a, &v2.if_a], &config, 19483);
+    let s1 = known::sink(&b, &v1);
+    let s2 = UdpSink::bind(b.name(), v4(v2.v4_b, known::DPORT));
+    let mut sent2 = 0;
+    for _ in 0..3 {
+        known::send(&a, &v1, &s1);
+        assert_eq!(
+            udp_send(
+                a.name(),
+                v4(v2.v4_a, known::SPORT),
+                v4(v2.v4_b, known::DPORT),
+                &[200; 5],
+                None
+            ),
+            5
+        );
+        sent2 += 5;
+        assert_eq!(s2.wait_for(sent2, Duration::from_secs(5)), sent2);
+        thread::sleep(Duration::from_secs(2));
+    }
+    thread::sleep(Duration::from_secs(2));
+    wait_drained(a.name(), 19483, "bus");
+    let stdout = ag.stop();
+    let msgs = consume(a.name(), "flows");
+    check_messages(&msgs, &stdout);
+    let keys: BTreeSet<&str> = msgs.iter().map(|m| m.2.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(
+        flowlog_tests::totals(udp_to_b(&v1).select(&stdout)),
+        (3 * known::PACKETS, 3 * known::BYTES),
+        "capture"
+    );
+    eprintln!(
+        "kafka: {} records printed, {} messages in {} partitions",
+        stdout.len(),
+        msgs.len(),
+        msgs.iter().map(|m| m.0).collect::<BTreeSet<_>>().len()
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// The broker is stopped for 30 s under traffic, then started again. tansu's
+/// in-memory storage starts empty, so the topic is read just before the stop and
+/// again after the restart (created anew): together every record, each once.
+#[test]
+fn kafka_broker_outage() {
+    require_root();
+    let a = Netns::new("kfo-a");
+    let b = Netns::new("kfo-b");
+    let v = VethPair::new(&a, &b, "kfo", 1);
+    let udp = UdpSink::bind(b.name(), v4(v.v4_b, known::DPORT));
+    let mut brk = broker(a.name());
+    kafka_tool(a.name(), &["create", BROKER, "flows", "2"]);
+    let spool = scratch("kafka-outage-spool");
+    let config = write_config(
+        "kafka-outage",
+        &format!(
+            "[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = [\"{BROKER}\"]\ntopic = \"flows\"\ncompression = \"zstd\"\nspool_dir = \"{}\"\n",
+            spool.display()
+        ),
+    );
+    let ag = kafka_agent(a.name(), &[&v.if_a], &config, 19484);
+    const N: u64 = 400;
+    let sender = {
+        let (ns, src, dst) = (
+            a.name().to_string(),
+            v4(v.v4_a, known::SPORT),
+            v4(v.v4_b, known::DPORT),
+        );
+        thread::spawn(move || {
+            udp_send(
+                &ns,
+                src,
+                dst,
+                &vec![100; N as usize],
+                Some(Duration::from_secs(40)),
+            )
+        })
+    };
+    thread::sleep(Duration::from_secs(4));
+    into_window(0.3);
+    let before = consume(a.name(), "flows");
+    assert!(!before.is_empty(), "nothing delivered before the outage");
+    let printed_before = ag.records().len();
+    assert_eq!(
+        before.len(),
+        printed_before,
+        "all delivered before the stop"
+    );
+    brk.signal(libc::SIGKILL);
+    thread::sleep(Duration::from_secs(30));
+    into_window(0.5);
+    let waiting = sample(
+        &metrics(a.name(), 19484),
+        "flowlog_spool_records{sink=\"bus\"}",
+    ) as usize;
+    assert_eq!(
+        waiting,
+        ag.records().len() - printed_before,
+        "everything printed during the outage waits in the spool"
+    );
+    let _brk = broker(a.name());
+    kafka_tool(a.name(), &["create", BROKER, "flows", "2"]);
+    assert_eq!(sender.join().unwrap() as u64, N);
+    assert_eq!(udp.wait_for(N, Duration::from_secs(5)), N);
+    thread::sleep(Duration::from_secs(2));
+    wait_drained(a.name(), 19484, "bus");
+    into_window(0.5);
+    let m = metrics(a.name(), 19484);
+    let printed = ag.records().len();
+    let stdout = ag.stop();
+    // The stop delivered the last window too.
+    let after = consume(a.name(), "flows");
+    let all: Vec<Message> = before.iter().chain(&after).cloned().collect();
+    check_messages(&all, &stdout);
+    assert_eq!(
+        sample(&m, "flowlog_delivered_records_total{sink=\"bus\"}") as usize,
+        printed,
+        "delivered metric"
+    );
+    assert_eq!(
+        sample(&m, "flowlog_spool_dropped_records_total{sink=\"bus\"}"),
+        0.0
+    );
+    assert_eq!(
+        flowlog_tests::totals(udp_to_b(&v).select(&stdout)),
+        (N, N * 128),
+        "capture"
+    );
+    let delivered: Vec<Record> = all.iter().map(|m| Record::parse(&m.3).unwrap()).collect();
+    assert_eq!(
+        flowlog_tests::totals(udp_to_b(&v).select(&delivered)),
+        (N, N * 128),
+        "delivered"
+    );
+    eprintln!(
+        "kafka outage: {} records printed, {} before the stop + {} after the restart ({waiting} waited in the spool)",
+        stdout.len(),
+        before.len(),
+        after.len()
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_file(&config);
+}
