@@ -1024,3 +1024,172 @@ fn kafka_broker_outage() {
     let _ = std::fs::remove_dir_all(&spool);
     let _ = std::fs::remove_file(&config);
 }
+
+/// SKIPDATA and NODATA over IPFIX, read back by the independent decoder: with
+/// `--max-flows 4`, 20 streams on one interface make SKIPDATA records, whose counts
+/// must add up in the reliability statistics options records (totals per
+/// interface); an idle second interface makes NODATA records (template 258).
+#[test]
+fn ipfix_skipdata_and_nodata_decoded() {
+    require_root();
+    let a = Netns::new("ipxs-a");
+    let b = Netns::new("ipxs-b");
+    let v = VethPair::new(&a, &b, "ixs", 1);
+    let idle = VethPair::new(&a, &b, "ixs", 2);
+    let tap_file = scratch("skip-tap.ipfix");
+    let spool = scratch("skip-spool");
+    let _tap = Proc::start(
+        a.name(),
+        &[
+            "python3",
+            py("ipfix_tap.py").to_str().unwrap(),
+            "udp",
+            "2057",
+            tap_file.to_str().unwrap(),
+        ],
+        Some("ready"),
+    );
+    let config = write_config(
+        "ipfix-skip",
+        &format!(
+            "[[sink]]\nname = \"nf\"\ntype = \"ipfix\"\naddress = \"127.0.0.1:2057\"\nobservation_domain = 7\nspool_dir = \"{}\"\n",
+            spool.display()
+        ),
+    );
+    let ag = Agent::start(
+        a.name(),
+        &[
+            "run",
+            "--interface",
+            &v.if_a,
+            "--interface",
+            &idle.if_a,
+            "--window",
+            "2s",
+            "--max-flows",
+            "4",
+            "--record-format",
+            "extended",
+            "--config",
+            config.to_str().unwrap(),
+            "--sink",
+            "nf",
+            "--output",
+            "-",
+            "--metrics-address",
+            ":19485",
+        ],
+    );
+    let sink = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
+    let srcs: Vec<std::net::SocketAddr> = (0..20).map(|i| v4(v.v4_a, 41000 + i)).collect();
+    let socks = flowlog_tests::traffic::udp_sockets(a.name(), &srcs);
+    // Two bursts in two windows: the totals must accumulate.
+    for _ in 0..2 {
+        flowlog_tests::traffic::settle_into_window(
+            Duration::from_secs(2),
+            Duration::from_millis(1500),
+        );
+        for _ in 0..2 {
+            for s in &socks {
+                assert_eq!(s.send_to(&[7u8; 100], v4(v.v4_b, 5001)).unwrap(), 100);
+            }
+        }
+        thread::sleep(Duration::from_millis(600));
+    }
+    assert_eq!(sink.wait_for(80, Duration::from_secs(5)), 80);
+    thread::sleep(Duration::from_secs(3));
+    let stdout = ag.stop();
+    thread::sleep(Duration::from_millis(500));
+    let decoded = decode(&tap_file);
+    let records: Vec<&Value> = decoded
+        .iter()
+        .flat_map(|m| m["records"].as_array().unwrap())
+        .collect();
+    // SKIPDATA: one options record per SKIPDATA record, the totals growing by it.
+    let skips: Vec<&Record> = stdout.iter().filter(|r| r.status() == "SKIPDATA").collect();
+    assert!(skips.len() >= 2, "SKIPDATA in both windows: {stdout:?}");
+    let opts: Vec<&&Value> = records.iter().filter(|r| u(r, "template") == 259).collect();
+    assert_eq!(
+        opts.len(),
+        skips.len(),
+        "one statistics record per SKIPDATA"
+    );
+    let mut totals = (0, 0, 0);
+    for (r, o) in skips.iter().zip(&opts) {
+        totals.0 += r.num("skipped-streams");
+        totals.1 += r.num("skipped-packets");
+        totals.2 += r.num("skipped-bytes");
+        assert_eq!(o["interfaceName"].as_str().unwrap(), r.eni());
+        assert_eq!(o["eni-id"].as_str().unwrap(), r.eni());
+        assert_eq!(o["log-status"].as_str().unwrap(), "SKIPDATA");
+        assert_eq!(
+            (
+                u(o, "notSentFlowTotalCount"),
+                u(o, "notSentPacketTotalCount"),
+                u(o, "notSentOctetTotalCount")
+            ),
+            totals,
+            "reliability statistics after {}",
+            r.raw
+        );
+        assert_eq!(
+            (u(o, "flowStartSeconds"), u(o, "flowEndSeconds")),
+            (r.start(), r.end())
+        );
+        assert_eq!(u(o, "exportingProcessId"), u(opts[0], "exportingProcessId"));
+    }
+    let ok: u64 = stdout
+        .iter()
+        .filter(|r| r.status() == "OK" && r.field("dstport") == "5001")
+        .map(|r| r.packets())
+        .sum();
+    assert_eq!(ok + totals.1, 80, "recorded + not sent packets");
+    let t = decoded[0]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| u(t, "id") == 259)
+        .expect("options template");
+    assert!(t["options"].as_bool().unwrap());
+    assert_eq!(u(t, "scope_fields"), 2);
+    // NODATA of the idle interface.
+    let nodata: BTreeSet<String> = stdout
+        .iter()
+        .filter(|r| r.status() == "NODATA")
+        .map(|r| r.field("record-id").to_string())
+        .collect();
+    assert!(
+        stdout
+            .iter()
+            .filter(|r| r.status() == "NODATA" && r.eni() == idle.if_a)
+            .count()
+            >= 2,
+        "NODATA records of the idle interface: {stdout:?}"
+    );
+    let eni_of: BTreeMap<&str, &str> = stdout
+        .iter()
+        .map(|r| (r.field("record-id"), r.eni()))
+        .collect();
+    let got: BTreeSet<String> = records
+        .iter()
+        .filter(|r| u(r, "template") == 258)
+        .map(|r| {
+            let id = format!("{:016x}", u(r, "record-id"));
+            let eni = eni_of.get(id.as_str()).copied().unwrap_or("?");
+            assert_eq!(r["interfaceName"].as_str().unwrap(), eni);
+            assert_eq!(r["eni-id"].as_str().unwrap(), eni);
+            assert_eq!(r["log-status"].as_str().unwrap(), "NODATA");
+            assert_eq!(u(r, "traffic_path"), 255);
+            format!("{:016x}", u(r, "record-id"))
+        })
+        .collect();
+    assert_eq!(got, nodata, "NODATA records");
+    eprintln!(
+        "ipfix skipdata: {} SKIPDATA records -> statistics totals {totals:?}; {} NODATA records",
+        skips.len(),
+        nodata.len()
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_file(&tap_file);
+    let _ = std::fs::remove_file(&config);
+}
