@@ -894,11 +894,12 @@ fn kafka_sink_keyed_and_ordered_per_interface() {
         ),
     );
     let ag = kafka_agent(a.name(), &[&v1.if_a, &v2.if_a], &config, 19483);
-    let s1 = known::sink(&b, &v1);
     let s2 = UdpSink::bind(b.name(), v4(v2.v4_b, known::DPORT));
     let mut sent2 = 0;
     for _ in 0..3 {
+        let s1 = known::sink(&b, &v1);
         known::send(&a, &v1, &s1);
+        s1.finish();
         assert_eq!(
             udp_send(
                 a.name(),
