@@ -930,6 +930,45 @@ mod tests {
         assert!(msgs[0].len() <= 1232);
     }
 
+    /// Over UDP: templates before the first message and again once
+    /// `template_refresh` passed; the sequence number runs on across datagrams.
+    #[tokio::test]
+    async fn over_udp_templates_are_refreshed() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = rx.local_addr().unwrap().to_string();
+        let mut d = IpfixDeliver::new(IpfixSettings {
+            address: addr.clone(),
+            template_refresh: Duration::from_millis(300),
+            ..settings(1500)
+        });
+        assert_eq!(d.describe(), format!("ipfix+udp://{addr}"));
+        let line = format!("{V4}\n{V4}\n");
+        d.send(line.as_bytes()).await.unwrap();
+        d.send(line.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        d.send(line.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..5 {
+            let n = tokio::time::timeout(Duration::from_secs(2), rx.recv(&mut buf))
+                .await
+                .expect("a datagram")
+                .unwrap();
+            got.push((u16_at(&buf, 16), u32_at(&buf, 8), records_in(&buf[..n])));
+        }
+        assert_eq!(
+            got,
+            [
+                (2, 0, 0),
+                (TEMPLATE_V4, 0, 2),
+                (TEMPLATE_V4, 2, 2),
+                (2, 4, 0),
+                (TEMPLATE_V4, 4, 2),
+            ],
+            "(first set, sequence, data records) per datagram"
+        );
+    }
+
     #[tokio::test]
     async fn over_tcp_templates_come_first_on_every_connection() {
         use tokio::io::AsyncReadExt as _;
