@@ -753,7 +753,9 @@ impl Deliver for IpfixDeliver {
     ) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
             let result = self.send_chunk(lines).await;
-            if result.is_err() && self.settings.transport == Transport::Tcp {
+            if result.is_err() {
+                // TCP: a new connection (session). UDP: a new socket, the address
+                // resolved again, the templates sent again.
                 self.conn = None;
             }
             result
