@@ -806,10 +806,13 @@ fn consume(ns: &str, topic: &str, quiet: &str) -> Vec<Message> {
         .collect()
 }
 
-fn kafka_agent(ns: &str, ifaces: &[&str], config: &Path, port: u16) -> Agent {
+fn kafka_agent(ns: &str, ifaces: &[&str], sinks: &[&str], config: &Path, port: u16) -> Agent {
     let mut args = vec!["run"];
     for i in ifaces {
         args.extend(["--interface", i]);
+    }
+    for s in sinks {
+        args.extend(["--sink", s]);
     }
     let port = format!(":{port}");
     args.extend([
@@ -819,8 +822,6 @@ fn kafka_agent(ns: &str, ifaces: &[&str], config: &Path, port: u16) -> Agent {
         "extended",
         "--config",
         config.to_str().unwrap(),
-        "--sink",
-        "bus",
         "--output",
         "-",
         "--metrics-address",
@@ -942,15 +943,25 @@ fn kafka_sink_keyed_and_ordered_per_interface() {
     let v2 = VethPair::new(&a, &b, "kf", 2);
     let _broker = broker(a.name());
     kafka_tool(a.name(), &["create", BROKER, "flows", "3"]);
+    kafka_tool(a.name(), &["create", BROKER, "flows-text", "2"]);
     let spool = scratch("kafka-spool");
+    let spool_text = scratch("kafka-text-spool");
+    // Two sinks: JSON (lz4) and the text format (zstd) into another topic.
     let config = write_config(
         "kafka",
         &format!(
-            "[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = [\"{BROKER}\"]\ntopic = \"flows\"\ncompression = \"lz4\"\nspool_dir = \"{}\"\n",
-            spool.display()
+            "[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = [\"{BROKER}\"]\ntopic = \"flows\"\ncompression = \"lz4\"\nspool_dir = \"{}\"\n\n[[sink]]\nname = \"bustext\"\ntype = \"kafka\"\nbrokers = [\"{BROKER}\"]\ntopic = \"flows-text\"\ncompression = \"zstd\"\nformat = \"text\"\nfields = [\"eni-id\", \"srcaddr\", \"dstport\", \"packets\", \"record-id\"]\nspool_dir = \"{}\"\n",
+            spool.display(),
+            spool_text.display()
         ),
     );
-    let ag = kafka_agent(a.name(), &[&v1.if_a, &v2.if_a], &config, 19483);
+    let ag = kafka_agent(
+        a.name(),
+        &[&v1.if_a, &v2.if_a],
+        &["bus", "bustext"],
+        &config,
+        19483,
+    );
     let s2 = UdpSink::bind(b.name(), v4(v2.v4_b, known::DPORT));
     let mut sent2 = 0;
     for _ in 0..3 {
@@ -977,6 +988,22 @@ fn kafka_sink_keyed_and_ordered_per_interface() {
     let msgs = consume(a.name(), "flows", "2");
     let delivered = delivered_part(&stdout, &spool);
     check_messages(&msgs, delivered);
+    // The text topic: the chosen fields of each record, keyed by eni-id.
+    let text = consume(a.name(), "flows-text", "2");
+    let want: BTreeSet<(String, String)> = delivered_part(&stdout, &spool_text)
+        .iter()
+        .filter(|r| r.status() != "SKIPDATA")
+        .map(|r| {
+            let f = ["eni-id", "srcaddr", "dstport", "packets", "record-id"];
+            (
+                r.eni().to_string(),
+                f.map(|k| r.field(k).to_string()).join(" "),
+            )
+        })
+        .collect();
+    let got: BTreeSet<(String, String)> = text.iter().map(|m| (m.2.clone(), m.3.clone())).collect();
+    assert_eq!(got.len(), text.len(), "a text record twice");
+    assert_eq!(got, want, "the text topic");
     let keys: BTreeSet<&str> = msgs.iter().map(|m| m.2.as_str()).collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
     // The partition of each key is the one librdkafka's murmur2 partitioner (the
@@ -1000,6 +1027,7 @@ fn kafka_sink_keyed_and_ordered_per_interface() {
         msgs.iter().map(|m| m.0).collect::<BTreeSet<_>>().len()
     );
     let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_dir_all(&spool_text);
     let _ = std::fs::remove_file(&config);
 }
 
@@ -1023,7 +1051,7 @@ fn kafka_broker_outage() {
             spool.display()
         ),
     );
-    let ag = kafka_agent(a.name(), &[&v.if_a], &config, 19484);
+    let ag = kafka_agent(a.name(), &[&v.if_a], &["bus"], &config, 19484);
     const N: u64 = 400;
     let sender = {
         let (ns, src, dst) = (
