@@ -6,12 +6,13 @@
 //!   (murmur2 of the key, positive, modulo the partition count), so one
 //!   interface's records stay in one partition, in order, and other producers
 //!   keying by `eni-id` land in the same place.
-//! * **Client**: [`rskafka`] (pure Rust, on tokio). `rdkafka` would bring an
-//!   idempotent producer, but it builds librdkafka from C (cmake, a C toolchain and
-//!   its headers in every build and image), and idempotence would not buy
-//!   exactly-once here anyway: the spool replays a chunk after a failure, which a
-//!   broker's producer-id sequence (reset with every new producer) does not
-//!   recognise. Consumers deduplicate by `record-id` either way.
+//! * **Client**: [`rskafka`] (Rust, on tokio; lz4/zstd through small C libraries
+//!   built by `cc`). `rdkafka` would bring an idempotent producer, but it builds all
+//!   of librdkafka from C (cmake, a C toolchain and its headers in every build and
+//!   image), and idempotence would only remove the duplicate of a request whose
+//!   acknowledgement was lost: the spool's replay of a failed chunk is new records to
+//!   the broker's producer-id sequence. Consumers deduplicate by `record-id` either
+//!   way.
 //! * **Acknowledgement**: every produce request asks for `acks = all` (-1): the
 //!   spool advances only once all in-sync replicas have the records.
 //! * **Batching and compression**: each spool chunk (up to 1 MiB of lines) becomes one
