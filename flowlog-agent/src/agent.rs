@@ -1213,19 +1213,40 @@ async fn open_named(
         SinkKind::Tcp { address, spool } => {
             let header = s.text.as_ref().map(|t| t.header());
             let dest = Box::new(sink::tcp::TcpDeliver::new(address, header));
-            let spool =
-                sink::spool::Spool::open(&s.name, spool, dest, metrics.spool_stats(&s.name))
-                    .map_err(|e| SinkError::Open {
-                        path: spool.dir.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-            Box::new(sink::spool::SpooledSink::new(
-                &s.name,
-                spool,
+            spooled(s, spool, dest, metrics, s.text.clone())?
+        }
+        // The IPFIX and Kafka destinations take the spooled JSON lines and encode
+        // them themselves (Kafka converts to text per record, after taking its key).
+        SinkKind::Ipfix { settings, spool } => {
+            let dest = Box::new(sink::ipfix::IpfixDeliver::new(settings.clone()));
+            spooled(s, spool, dest, metrics, None)?
+        }
+        SinkKind::Kafka { settings, spool } => {
+            let dest = Box::new(sink::kafka::KafkaDeliver::new(
+                settings.clone(),
                 s.text.clone(),
-            ))
+            ));
+            spooled(s, spool, dest, metrics, None)?
         }
     })
+}
+
+/// A network sink: its spool, delivering to `dest`; `text` converts before spooling.
+fn spooled(
+    s: &SinkConfig,
+    spool: &sink::spool::SpoolSettings,
+    dest: Box<dyn sink::spool::Deliver>,
+    metrics: &Metrics,
+    text: Option<sink::text::TextFormat>,
+) -> Result<Box<dyn Sink>, AgentError> {
+    let opened = sink::spool::Spool::open(&s.name, spool, dest, metrics.spool_stats(&s.name))
+        .map_err(|e| SinkError::Open {
+            path: spool.dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    Ok(Box::new(sink::spool::SpooledSink::new(
+        &s.name, opened, text,
+    )))
 }
 
 /// The pod label keys copied into records, with pod metadata on.

@@ -297,6 +297,24 @@ pub struct FileSink {
     pub spool_dir: Option<PathBuf>,
     /// Network sinks: the spool's bound in bytes (default 256 MiB).
     pub spool_max_bytes: Option<u64>,
+    /// `ipfix`: `udp` (the default) or `tcp`.
+    pub transport: Option<String>,
+    /// `ipfix` over UDP: resend the templates this often (default 60s).
+    pub template_refresh: Option<String>,
+    /// `ipfix`: the path MTU towards the collector; messages stay under it (default
+    /// 1500).
+    pub mtu: Option<u32>,
+    /// `ipfix`: the observation domain id (default 0).
+    pub observation_domain: Option<u32>,
+    /// `ipfix`: the private enterprise number of flowlog's own elements (default
+    /// 32473, RFC 5612's number for documentation).
+    pub enterprise_number: Option<u32>,
+    /// `kafka`: bootstrap brokers, `host:port` each.
+    pub brokers: Option<Vec<String>>,
+    /// `kafka`: the topic.
+    pub topic: Option<String>,
+    /// `kafka`: `lz4` (the default), `zstd` or `none`.
+    pub compression: Option<String>,
 }
 
 /// A destination of records, validated.
@@ -320,6 +338,16 @@ pub enum SinkKind {
     /// Lines over TCP through a spool ([`crate::sink::tcp`]).
     Tcp {
         address: String,
+        spool: crate::sink::spool::SpoolSettings,
+    },
+    /// IPFIX messages to a flow collector through a spool ([`crate::sink::ipfix`]).
+    Ipfix {
+        settings: crate::sink::ipfix::IpfixSettings,
+        spool: crate::sink::spool::SpoolSettings,
+    },
+    /// One Kafka message per record through a spool ([`crate::sink::kafka`]).
+    Kafka {
+        settings: crate::sink::kafka::KafkaSettings,
         spool: crate::sink::spool::SpoolSettings,
     },
 }
@@ -1082,6 +1110,39 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
         ("retention_bytes", d.retention_bytes.is_some()),
     ];
     let parquet_keys = [("windows_per_file", d.windows_per_file.is_some())];
+    let ipfix_keys = [
+        ("transport", d.transport.is_some()),
+        ("template_refresh", d.template_refresh.is_some()),
+        ("mtu", d.mtu.is_some()),
+        ("observation_domain", d.observation_domain.is_some()),
+        ("enterprise_number", d.enterprise_number.is_some()),
+    ];
+    let kafka_keys = [
+        ("brokers", d.brokers.is_some()),
+        ("topic", d.topic.is_some()),
+        ("compression", d.compression.is_some()),
+    ];
+    // Network sinks: where the spool lives and its bound.
+    let spool_settings = || -> Result<crate::sink::spool::SpoolSettings, ConfigError> {
+        use crate::sink::spool::{SpoolSettings, DEFAULT_DIR, DEFAULT_MAX_BYTES};
+        let max_bytes = d.spool_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes == 0 {
+            return Err(bad("spool_max_bytes must be at least 1".into()));
+        }
+        let dir = match &d.spool_dir {
+            Some(p) if p.as_os_str().is_empty() => return Err(bad("spool_dir is empty".into())),
+            Some(p) => p.clone(),
+            None => {
+                if d.name.contains('/') || d.name.starts_with('.') {
+                    return Err(bad(
+                        "the default spool_dir is named after the sink: give spool_dir, or a name without '/' or a leading '.'".into(),
+                    ));
+                }
+                PathBuf::from(DEFAULT_DIR).join(&d.name)
+            }
+        };
+        Ok(SpoolSettings { dir, max_bytes })
+    };
     let path_of = |kind: &str| {
         d.path
             .clone()
@@ -1094,12 +1155,16 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                 return Err(bad("type stdout takes no path or rotation".into()));
             }
             refuse("stdout", &network)?;
+            refuse("stdout", &ipfix_keys)?;
+            refuse("stdout", &kafka_keys)?;
             refuse("stdout", &parquet_keys)?;
             SinkKind::Stdout
         }
         "file" => {
             let dir = path_of("file")?;
             refuse("file", &network)?;
+            refuse("file", &ipfix_keys)?;
+            refuse("file", &kafka_keys)?;
             refuse("file", &parquet_keys)?;
             let rotate_bytes = d.rotate_bytes.unwrap_or(DirSettings::DEFAULT_ROTATE_BYTES);
             if rotate_bytes == 0 {
@@ -1122,6 +1187,8 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
             use crate::sink::parquet::ParquetSettings;
             let dir = path_of("parquet")?;
             refuse("parquet", &network)?;
+            refuse("parquet", &ipfix_keys)?;
+            refuse("parquet", &kafka_keys)?;
             refuse("parquet", &rotation)?;
             if d.format.is_some() {
                 return Err(bad(
@@ -1143,9 +1210,10 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
             })
         }
         "tcp" => {
-            use crate::sink::spool::{SpoolSettings, DEFAULT_DIR, DEFAULT_MAX_BYTES};
             refuse("tcp", &rotation)?;
             refuse("tcp", &parquet_keys)?;
+            refuse("tcp", &ipfix_keys)?;
+            refuse("tcp", &kafka_keys)?;
             refuse(
                 "tcp",
                 &[
@@ -1159,38 +1227,136 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                 .ok_or_else(|| bad("type tcp needs address = \"HOST:PORT\"".into()))?;
             check_address(&address)
                 .map_err(|why| bad(format!("address = {address:?} is not HOST:PORT: {why}")))?;
-            let max_bytes = d.spool_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-            if max_bytes == 0 {
-                return Err(bad("spool_max_bytes must be at least 1".into()));
-            }
-            let dir = match &d.spool_dir {
-                Some(p) if p.as_os_str().is_empty() => {
-                    return Err(bad("spool_dir is empty".into()))
-                }
-                Some(p) => p.clone(),
-                None => {
-                    if d.name.contains('/') || d.name.starts_with('.') {
-                        return Err(bad(
-                            "the default spool_dir is named after the sink: give spool_dir, or a name without '/' or a leading '.'".into(),
-                        ));
-                    }
-                    PathBuf::from(DEFAULT_DIR).join(&d.name)
-                }
-            };
             SinkKind::Tcp {
                 address,
-                spool: SpoolSettings { dir, max_bytes },
+                spool: spool_settings()?,
             }
         }
-        "ipfix" | "kafka" => {
-            return Err(bad(format!(
-                "type {:?} is not available yet (stdout, file, parquet and tcp are)",
-                d.kind
-            )))
+        "ipfix" => {
+            use crate::sink::ipfix::{IpfixSettings, Transport};
+            refuse("ipfix", &rotation)?;
+            refuse("ipfix", &parquet_keys)?;
+            refuse("ipfix", &kafka_keys)?;
+            refuse(
+                "ipfix",
+                &[
+                    ("path", d.path.is_some()),
+                    ("retention", d.retention.is_some()),
+                ],
+            )?;
+            if d.format.is_some() {
+                return Err(bad(
+                    "type ipfix is its own format: remove format (and fields)".into(),
+                ));
+            }
+            let address = d
+                .address
+                .clone()
+                .ok_or_else(|| bad("type ipfix needs address = \"HOST:PORT\"".into()))?;
+            check_address(&address)
+                .map_err(|why| bad(format!("address = {address:?} is not HOST:PORT: {why}")))?;
+            let transport = match d.transport.as_deref() {
+                None | Some("udp") => Transport::Udp,
+                Some("tcp") => Transport::Tcp,
+                Some(t) => {
+                    return Err(bad(format!(
+                        "transport = {t:?} is not available: use udp or tcp"
+                    )))
+                }
+            };
+            if transport == Transport::Tcp && d.template_refresh.is_some() {
+                return Err(bad(
+                    "template_refresh is for transport = \"udp\" (over TCP the templates go once per connection)".into(),
+                ));
+            }
+            let template_refresh = dur(
+                "template_refresh",
+                &d.template_refresh,
+                IpfixSettings::DEFAULT_TEMPLATE_REFRESH,
+            )?;
+            if template_refresh.is_zero() {
+                return Err(bad("template_refresh must be at least 1s".into()));
+            }
+            let mtu = d.mtu.unwrap_or(IpfixSettings::DEFAULT_MTU);
+            if !(IpfixSettings::MIN_MTU..=IpfixSettings::MAX_MTU).contains(&mtu) {
+                return Err(bad(format!(
+                    "mtu = {mtu} is out of range: use {} to {}",
+                    IpfixSettings::MIN_MTU,
+                    IpfixSettings::MAX_MTU
+                )));
+            }
+            let enterprise_number = d
+                .enterprise_number
+                .unwrap_or(IpfixSettings::DEFAULT_ENTERPRISE_NUMBER);
+            if enterprise_number == 0 {
+                return Err(bad(
+                    "enterprise_number 0 is IANA's own (reserved): use your organization's private enterprise number".into(),
+                ));
+            }
+            SinkKind::Ipfix {
+                settings: IpfixSettings {
+                    address,
+                    transport,
+                    template_refresh,
+                    mtu,
+                    observation_domain: d.observation_domain.unwrap_or(0),
+                    enterprise_number,
+                },
+                spool: spool_settings()?,
+            }
+        }
+        "kafka" => {
+            use crate::sink::kafka::{Compression, KafkaSettings};
+            refuse("kafka", &rotation)?;
+            refuse("kafka", &parquet_keys)?;
+            refuse("kafka", &ipfix_keys)?;
+            refuse(
+                "kafka",
+                &[
+                    ("path", d.path.is_some()),
+                    ("retention", d.retention.is_some()),
+                    ("address", d.address.is_some()),
+                ],
+            )?;
+            let brokers = d.brokers.clone().unwrap_or_default();
+            if brokers.is_empty() {
+                return Err(bad("type kafka needs brokers = [\"HOST:PORT\", ...]".into()));
+            }
+            for b in &brokers {
+                check_address(b)
+                    .map_err(|why| bad(format!("broker {b:?} is not HOST:PORT: {why}")))?;
+            }
+            let topic = d
+                .topic
+                .clone()
+                .ok_or_else(|| bad("type kafka needs topic = \"NAME\"".into()))?;
+            crate::sink::kafka::check_topic(&topic).map_err(|why| {
+                bad(format!(
+                    "topic = {topic:?} is not a Kafka topic name: {why}"
+                ))
+            })?;
+            let compression = match d.compression.as_deref() {
+                None | Some("lz4") => Compression::Lz4,
+                Some("zstd") => Compression::Zstd,
+                Some("none") => Compression::None,
+                Some(c) => {
+                    return Err(bad(format!(
+                        "compression = {c:?} is not available: use lz4, zstd or none"
+                    )))
+                }
+            };
+            SinkKind::Kafka {
+                settings: KafkaSettings {
+                    brokers,
+                    topic,
+                    compression,
+                },
+                spool: spool_settings()?,
+            }
         }
         other => {
             return Err(bad(format!(
-                "unknown type {other:?}: use stdout, file, parquet or tcp"
+                "unknown type {other:?}: use stdout, file, parquet, tcp, ipfix or kafka"
             )))
         }
     };
@@ -1574,7 +1740,7 @@ vpc_id = ""
         for (def, problem) in [
             (
                 "name = \"k\"\ntype = \"kafka\"",
-                "type \"kafka\" is not available yet",
+                "type kafka needs brokers = [\"HOST:PORT\", ...]",
             ),
             ("name = \"x\"\ntype = \"ftp\"", "unknown type \"ftp\""),
             ("name = \"f\"\ntype = \"file\"", "type file needs path"),
@@ -1600,6 +1766,145 @@ vpc_id = ""
             Path::new("t")
         )
         .is_err());
+    }
+
+    #[test]
+    fn ipfix_and_kafka_sinks() {
+        use crate::sink::{
+            ipfix::{IpfixSettings, Transport},
+            kafka::{Compression, KafkaSettings},
+            spool::SpoolSettings,
+        };
+        let text = "[[sink]]\nname = \"nf\"\ntype = \"ipfix\"\naddress = \"127.0.0.1:2055\"\n\n[[sink]]\nname = \"nft\"\ntype = \"ipfix\"\naddress = \"[::1]:4739\"\ntransport = \"tcp\"\nmtu = 9000\nobservation_domain = 42\nenterprise_number = 99\nspool_dir = \"/tmp/s\"\n\n[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = [\"k1:9092\", \"k2:9092\"]\ntopic = \"flow-logs\"\ncompression = \"zstd\"\nformat = \"text\"\n";
+        let c = build(
+            &[
+                "-i", "eth0", "--sink", "nf", "--sink", "nft", "--sink", "bus",
+            ],
+            Some(text),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sinks[0].kind,
+            SinkKind::Ipfix {
+                settings: IpfixSettings {
+                    address: "127.0.0.1:2055".into(),
+                    transport: Transport::Udp,
+                    template_refresh: Duration::from_secs(60),
+                    mtu: 1500,
+                    observation_domain: 0,
+                    enterprise_number: 32473,
+                },
+                spool: SpoolSettings {
+                    dir: "/var/lib/flowlog/spool/nf".into(),
+                    max_bytes: 256 * 1024 * 1024,
+                },
+            }
+        );
+        assert_eq!(
+            c.sinks[1].kind,
+            SinkKind::Ipfix {
+                settings: IpfixSettings {
+                    address: "[::1]:4739".into(),
+                    transport: Transport::Tcp,
+                    template_refresh: Duration::from_secs(60),
+                    mtu: 9000,
+                    observation_domain: 42,
+                    enterprise_number: 99,
+                },
+                spool: SpoolSettings {
+                    dir: "/tmp/s".into(),
+                    max_bytes: 256 * 1024 * 1024,
+                },
+            }
+        );
+        assert_eq!(
+            c.sinks[2].kind,
+            SinkKind::Kafka {
+                settings: KafkaSettings {
+                    brokers: vec!["k1:9092".into(), "k2:9092".into()],
+                    topic: "flow-logs".into(),
+                    compression: Compression::Zstd,
+                },
+                spool: SpoolSettings {
+                    dir: "/var/lib/flowlog/spool/bus".into(),
+                    max_bytes: 256 * 1024 * 1024,
+                },
+            }
+        );
+        assert!(c.sinks[2].text.is_some());
+        let ipfix = "name = \"i\"\ntype = \"ipfix\"\naddress = \"h:1\"\n";
+        let kafka = "name = \"k\"\ntype = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\n";
+        for (def, problem) in [
+            (
+                format!("{ipfix}transport = \"sctp\""),
+                "transport = \"sctp\" is not available: use udp or tcp",
+            ),
+            (
+                format!("{ipfix}transport = \"tcp\"\ntemplate_refresh = \"30s\""),
+                "template_refresh is for transport = \"udp\"",
+            ),
+            (
+                format!("{ipfix}template_refresh = \"soon\""),
+                "template_refresh = \"soon\" is not a duration",
+            ),
+            (
+                format!("{ipfix}mtu = 576"),
+                "mtu = 576 is out of range: use 1280 to 65535",
+            ),
+            (
+                format!("{ipfix}enterprise_number = 0"),
+                "enterprise_number 0 is IANA's own",
+            ),
+            (
+                format!("{ipfix}format = \"text\""),
+                "type ipfix is its own format",
+            ),
+            (
+                format!("{ipfix}topic = \"t\""),
+                "type ipfix does not take topic",
+            ),
+            (
+                "name = \"i\"\ntype = \"ipfix\"\naddress = \"h\"".into(),
+                "address = \"h\" is not HOST:PORT: no :PORT",
+            ),
+            (
+                "name = \"k\"\ntype = \"kafka\"\nbrokers = []\ntopic = \"t\"".into(),
+                "type kafka needs brokers",
+            ),
+            (
+                "name = \"k\"\ntype = \"kafka\"\nbrokers = [\"h\"]\ntopic = \"t\"".into(),
+                "broker \"h\" is not HOST:PORT: no :PORT",
+            ),
+            (
+                "name = \"k\"\ntype = \"kafka\"\nbrokers = [\"h:1\"]".into(),
+                "type kafka needs topic = \"NAME\"",
+            ),
+            (
+                "name = \"k\"\ntype = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"a b\"".into(),
+                "topic = \"a b\" is not a Kafka topic name: only ASCII letters",
+            ),
+            (
+                format!("{kafka}compression = \"gzip\""),
+                "compression = \"gzip\" is not available: use lz4, zstd or none",
+            ),
+            (format!("{kafka}mtu = 1500"), "type kafka does not take mtu"),
+            (
+                format!("{kafka}address = \"h:1\""),
+                "type kafka does not take address",
+            ),
+            (
+                "name = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nbrokers = [\"h:1\"]".into(),
+                "type tcp does not take brokers",
+            ),
+            (
+                "name = \"s\"\ntype = \"stdout\"\ntransport = \"udp\"".into(),
+                "type stdout does not take transport",
+            ),
+        ] {
+            let e = build(&["-i", "eth0"], Some(&format!("[[sink]]\n{def}\n"))).unwrap_err();
+            assert!(e.to_string().contains(problem), "{e}\nwanted: {problem}");
+            assert_eq!(e.exit_code(), EXIT_USAGE);
+        }
     }
 
     #[test]
@@ -1724,7 +2029,7 @@ vpc_id = ""
             ),
             (
                 "name = \"i\"\ntype = \"ipfix\"",
-                "type \"ipfix\" is not available yet (stdout, file, parquet and tcp are)",
+                "type ipfix needs address = \"HOST:PORT\"",
             ),
         ] {
             let e = build(&["-i", "eth0"], Some(&format!("[[sink]]\n{def}\n"))).unwrap_err();

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            EnvFilter::try_from_env("FLOWLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // rskafka (the kafka sink's client) logs every reconnection attempt; the
+            // spool logs a delivery failure once, with its error.
+            EnvFilter::try_from_env("FLOWLOG_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,rskafka=error")),
         )
         .init();
     match cli.command {

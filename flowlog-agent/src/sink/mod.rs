@@ -13,12 +13,14 @@
 //! [`WriterSink`] serves any [`AsyncWrite`]: stdout, an append-mode file, or a
 //! `Vec<u8>` in tests. Formats live apart from destinations: [`text`] and
 //! [`parquet_schema`] convert the rendered JSON lines; [`file`], [`parquet`] and
-//! [`tcp`] are destinations, and network destinations sit behind a [`spool`] so that
+//! [`tcp`], [`ipfix`] and [`kafka`] are destinations, and network destinations sit behind a [`spool`] so that
 //! capture never waits for them. A destination that went away (stdout piped into a reader that
 //! exited) surfaces as [`SinkError::Closed`], never as a panic or a silent loss. This
 //! relies on `SIGPIPE` being ignored, which the Rust runtime does for binaries.
 
 pub mod file;
+pub mod ipfix;
+pub mod kafka;
 pub mod parquet;
 pub mod parquet_schema;
 pub mod spool;

@@ -1,5 +1,5 @@
-//! The on-disk spool in front of every network sink (`tcp` today; IPFIX and Kafka
-//! later): capture never waits for a destination.
+//! The on-disk spool in front of every network sink (`tcp`, `ipfix`, `kafka`):
+//! capture never waits for a destination.
 //!
 //! ```text
 //! SPOOL_DIR/seg-00000000000000000007.spool   whole lines, appended per window

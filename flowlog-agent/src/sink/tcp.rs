@@ -72,7 +72,7 @@ impl TcpDeliver {
 /// Whether the receiver still has the connection open: it sends nothing, so a
 /// readable end-of-file (or an error) means it closed or reset it. Anything it does
 /// send is discarded.
-fn peer_still_there(s: &TcpStream) -> bool {
+pub(crate) fn peer_still_there(s: &TcpStream) -> bool {
     let mut buf = [0u8; 512];
     loop {
         match s.try_read(&mut buf) {
