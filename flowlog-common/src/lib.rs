@@ -115,7 +115,9 @@ pub struct CacheSlot {
     pub rule_id: u32,
     /// OR of the cached packets' TCP flags (FIN and RST never take the cache).
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The key's hash (before it picked the slot): a miss is told by one compare.
+    pub hash: u32,
 }
 const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
 

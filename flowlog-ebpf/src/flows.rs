@@ -63,18 +63,18 @@ fn words(k: &FlowKey) -> *const u32 {
     k as *const FlowKey as *const u32
 }
 
-/// Slot of a stream: a multiply-xor hash of the key's words.
+/// A multiply-xor hash of the key words that tell streams apart in practice
+/// (interface, the first and last word of each address, ports, protocol/family/
+/// direction/verdict); the slot is its low bits.
 #[inline(always)]
-fn slot_of(k: &FlowKey) -> u32 {
+fn hash_of(k: &FlowKey) -> u32 {
     let w = words(k);
     let mut h: u32 = 0x9e37_79b9;
-    let mut i = 0;
-    while i < 12 {
-        // SAFETY: `i < 12` words of a 48-byte, 4-aligned struct.
+    for i in [0usize, 1, 4, 5, 8, 9, 10] {
+        // SAFETY: word `i < 12` of a 48-byte, 4-aligned struct.
         h = (h ^ unsafe { read_volatile(w.add(i)) }).wrapping_mul(0x0100_0193);
-        i += 1;
     }
-    (h ^ (h >> 15)) & (CACHE_SLOTS - 1)
+    h ^ (h >> 15)
 }
 
 #[inline(always)]
@@ -117,8 +117,9 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
     // packets take the shared entry (they stamp its end time).
     let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
+    let hash = hash_of(&p.key);
     let slot = if closed == 0 {
-        cache.get_ptr_mut(slot_of(&p.key))
+        cache.get_ptr_mut(hash & (CACHE_SLOTS - 1))
     } else {
         None
     };
@@ -127,7 +128,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         // the agent reads this generation's slots only after the switch away from it
         // and an RCU grace period.
         let c = unsafe { &mut *c };
-        if c.tag == tag && same_key(&c.key, &p.key) {
+        if c.tag == tag && c.hash == hash && same_key(&c.key, &p.key) {
             c.packets += p.packets;
             c.bytes += p.bytes;
             c.tcp_flags |= p.tcp_flags;
@@ -138,7 +139,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
     if let Some(s) = flows.get_ptr_mut(&p.key) {
         add(s, p, closed);
-        claim(slot, p, tag);
+        claim(slot, p, tag, hash);
         return Recorded::Stream;
     }
     let Some(traffic_path) = select(p) else {
@@ -161,7 +162,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         rule_id: p.rule_id,
     };
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => claim(slot, p, tag),
+        Ok(()) => claim(slot, p, tag, hash),
         // Another CPU inserted the stream between our lookup and insert: add to it.
         Err(EEXIST) => match flows.get_ptr_mut(&p.key) {
             Some(s) => add(s, p, closed),
@@ -176,7 +177,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
 /// exists and already holds this packet: its next packets on this CPU are cached. An
 /// occupied slot stays with its stream (first come, first served in a window).
 #[inline(always)]
-fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32) {
+fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32, hash: u32) {
     if let Some(c) = slot {
         // SAFETY: as in `record`.
         let c = unsafe { &mut *c };
@@ -186,6 +187,7 @@ fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32) {
             c.bytes = 0;
             c.tcp_flags = 0;
             c.rule_id = p.rule_id;
+            c.hash = hash;
             c.tag = tag;
         }
     }
