@@ -93,6 +93,14 @@ struct Shared {
     stderr: String,
 }
 
+/// BPF objects held by an agent process ([`Agent::bpf_fds`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BpfFds {
+    pub maps: usize,
+    pub programs: usize,
+    pub links: usize,
+}
+
 /// A running agent; killed on drop if still running.
 pub struct Agent {
     child: Option<Child>,
@@ -187,6 +195,29 @@ impl Agent {
     /// Records received so far.
     pub fn records(&self) -> Vec<Record> {
         self.shared.lock().unwrap().records.clone()
+    }
+
+    /// The BPF objects the agent process holds, from its fds' fdinfo (what a leak of
+    /// maps, programs or links would show).
+    pub fn bpf_fds(&self) -> BpfFds {
+        let mut out = BpfFds::default();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for e in std::fs::read_dir(dir)
+            .expect("the agent's fdinfo")
+            .flatten()
+        {
+            let Ok(info) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            if info.contains("link_type:") {
+                out.links += 1;
+            } else if info.contains("prog_type:") {
+                out.programs += 1;
+            } else if info.contains("map_type:") {
+                out.maps += 1;
+            }
+        }
+        out
     }
 
     /// The agent's process id (`ip netns exec` execs the binary in place).

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::agent_bin;
+use crate::{agent_bin, Agent};
 
 /// A temporary directory holding the control socket and the state directory.
 pub struct Control {
@@ -45,6 +45,14 @@ impl Control {
             "--state-dir".into(),
             self.state_dir(),
         ]
+    }
+
+    /// Starts `flowlog run` with this socket and state directory (and `extra`) in `ns`.
+    pub fn start_agent(&self, ns: &str, extra: &[&str]) -> Agent {
+        let mut args = self.run_args();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start(ns, &args)
     }
 
     /// Runs `flowlog <args> --socket S` (outside any namespace: the socket is a file).

@@ -12,23 +12,10 @@ use flowlog_tests::{
     Agent, Filter, Netns, VethPair,
 };
 
-/// (maps, programs, links) the agent process holds, from its fds' fdinfo.
+/// (maps, programs, links) the agent process holds.
 fn held(agent: &Agent) -> (usize, usize, usize) {
-    let dir = format!("/proc/{}/fdinfo", agent.pid());
-    let mut counts = (0, 0, 0);
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        if info.contains("link_type:") {
-            counts.2 += 1;
-        } else if info.contains("prog_type:") {
-            counts.1 += 1;
-        } else if info.contains("map_type:") {
-            counts.0 += 1;
-        }
-    }
-    counts
+    let f = agent.bpf_fds();
+    (f.maps, f.programs, f.links)
 }
 
 fn wait_links(agent: &Agent, n: usize) {
@@ -82,10 +69,7 @@ fn two_hundred_cycles_of_interface_churn() {
         "[[flow_log]]\nname = \"node\"\nresource_type = \"VPC\"\nwindow = \"2s\"\n",
     )
     .unwrap();
-    let mut args = ctl.run_args();
-    args.extend(["--config".into(), config]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &["--config", &config]);
     let mut v = VethPair::new(&a, &b, "chn", 1);
     wait_links(&agent, 2);
     let baseline = held(&agent);

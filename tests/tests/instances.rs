@@ -2,22 +2,16 @@
 //! interfaces, several instances on one interface, the lifecycle through the control
 //! socket, traffic_path classification in the kernel, IP versions, restart, and bad
 //! requests. Exact counts throughout.
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, thread, time::Duration};
 
 use flowlog_tests::{
     control::Control,
     known,
     netns::{ifname, run},
     record::Record,
-    require_root, totals,
+    require_root, scrape, totals,
     traffic::{udp_send, v4, v6, UdpSink},
-    with_netns, Agent, Filter, Netns, VethPair,
+    Agent, Filter, Netns, VethPair,
 };
 
 fn read_records(path: &str) -> Vec<Record> {
@@ -170,9 +164,7 @@ fn vswitch_captures_every_port_including_one_added_later() {
         }
     }
     let ctl = Control::new("sw");
-    let args = ctl.run_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(sw.host.name(), &args);
+    let agent = ctl.start_agent(sw.host.name(), &[]);
     ctl.ok(&[
         "create",
         "sw",
@@ -252,15 +244,10 @@ fn vswitch_captures_every_port_including_one_added_later() {
     }
 }
 
-/// BPF links the agent holds (its fds whose fdinfo names a link type): one per hook
-/// of every attached interface; a leak would show here.
+/// BPF links the agent holds: one per hook of every attached interface; a leak would
+/// show here.
 fn agent_links(agent: &Agent) -> usize {
-    let dir = format!("/proc/{}/fdinfo", agent.pid());
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|info| info.contains("link_type:"))
-        .count()
+    agent.bpf_fds().links
 }
 
 /// Waits until the agent holds `n` links.
@@ -288,10 +275,7 @@ fn vpc_captures_interfaces_created_later_and_each_life_of_a_recreated_one() {
         "[[flow_log]]\nname = \"node\"\nresource_type = \"VPC\"\nresource_ids = [\"vpc-test\"]\nwindow = \"2s\"\n",
     )
     .unwrap();
-    let mut args = ctl.run_args();
-    args.extend(["--config".into(), config.clone()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &["--config", &config]);
     assert_eq!(agent_links(&agent), 0, "nothing to capture yet (only lo)");
 
     // Created after the agent started; traffic one second after it is up.
@@ -344,9 +328,7 @@ fn two_windows_on_one_interface_sum_to_the_same_counts() {
     let b = Netns::new("winb");
     let v = VethPair::new(&a, &b, "win", 1);
     let ctl = Control::new("win");
-    let args = ctl.run_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &[]);
     let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
     ctl.ok(&[
         "create",
@@ -442,9 +424,7 @@ fn create_stop_start_delete_record_exactly_the_active_periods() {
     let b = Netns::new("lifeb");
     let v = VethPair::new(&a, &b, "life", 1);
     let ctl = Control::new("life");
-    let args = ctl.run_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &[]);
     let sink = known::sink(&b, &v);
     let mut received = 0u64;
     let mut phase = |n: usize| {
@@ -504,22 +484,11 @@ fn create_stop_start_delete_record_exactly_the_active_periods() {
 
 /// `flowlog_datapath_events_total{event="..."}` from the agent's metrics.
 fn datapath_event(ns: &str, port: u16, event: &str) -> u64 {
-    let body = with_netns(ns, move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        resp
-    });
-    let prefix = format!("flowlog_datapath_events_total{{event=\"{event}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let m = scrape::metrics(ns, port);
+    scrape::sample(
+        &m,
+        &format!("flowlog_datapath_events_total{{event=\"{event}\"}}"),
+    ) as u64
 }
 
 #[test]
@@ -684,9 +653,7 @@ fn ip_version_ipv4_only_or_dual_stack() {
     let b = Netns::new("ipvb");
     let v = VethPair::dual_stack(&a, &b, "ipv", 1);
     let ctl = Control::new("ipv");
-    let args = ctl.run_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &[]);
     let (f4, fds) = (ctl.path("v4.json"), ctl.path("ds.json"));
     ctl.ok(&[
         "create",
@@ -760,10 +727,7 @@ fn bad_requests_change_nothing_and_instances_survive_a_restart() {
     let ctl = Control::new("bad");
     let config = ctl.path("flowlog.toml");
     std::fs::write(&config, "max_flow_logs = 2\n").unwrap();
-    let mut args = ctl.run_args();
-    args.extend(["--config".into(), config]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &["--config", &config]);
     ctl.ok(&[
         "create",
         "keep",
@@ -893,7 +857,7 @@ fn bad_requests_change_nothing_and_instances_survive_a_restart() {
 
     // A new agent finds the instances with their settings and states.
     drop(agent.stop());
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &["--config", &config]);
     assert_eq!(ctl.ok(&["list"]), list);
     let d = ctl.describe("keep");
     assert_eq!(d["window"], "5m");

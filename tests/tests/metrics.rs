@@ -4,79 +4,24 @@
 //! what was sent.
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use flowlog_tests::{known, require_root, with_netns, Agent, Filter, Netns, Record, VethPair};
+use flowlog_tests::{
+    known, require_root,
+    scrape::{self, parse},
+    Agent, Filter, Netns, Record, VethPair,
+};
 
 const PORT: u16 = 19464;
 
 /// `GET path` on the agent's listener inside `ns`: (status, body).
 fn get(ns: &str, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    with_netns(ns, move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad response: {resp}"));
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    })
+    scrape::get(ns, PORT, path)
 }
 
-/// Samples of an OpenMetrics exposition as the Python client's parser reads them:
-/// `name{label="v",...}` -> value.
-fn parse(exposition: &str) -> BTreeMap<String, f64> {
-    const SCRIPT: &str = r#"
-import sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}}\t{s.value!r}")
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser rejected the exposition ({}):\n{exposition}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let (k, v) = l.split_once('\t').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
+/// A sample the exposition must hold.
 fn sample(m: &BTreeMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no sample {key}; samples: {m:#?}"))

@@ -16,7 +16,7 @@ use flowlog_tests::{
     tcp::TcpServer,
     totals,
     traffic::{ping, tcp_send, udp_send, v4, UdpSink},
-    Agent, Filter, Netns, VethPair,
+    Filter, Netns, VethPair,
 };
 
 fn rss_kib(pid: i32) -> u64 {
@@ -68,10 +68,7 @@ fn soak_rss_flat_totals_exact_no_errors() {
         ),
     )
     .unwrap();
-    let mut args = ctl.run_args();
-    args.extend(["--config".into(), config]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(a.name(), &args);
+    let agent = ctl.start_agent(a.name(), &["--config", &config]);
     let pid = agent.pid();
     let udp = UdpSink::bind(b.name(), v4(v.v4_b, 5001));
     let tcp = TcpServer::bind(b.name(), v4(v.v4_b, 5201));
