@@ -256,6 +256,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         pins,
         catch_up,
         handover: false,
+        adopting: adopted.is_some(),
         #[cfg(feature = "kubernetes")]
         pods: match &cfg.kubernetes {
             Some(settings) => Some(crate::kubernetes::PodWatcher::start(settings.clone()).await?),
@@ -282,8 +283,17 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let now = unix_now_ns()?;
     // Windows continue from the previous agent's last switch: the records of the first
     // one cover what it counted while no agent ran.
+    // With a catch-up (the idle generation's records never went out), that window's
+    // start: the records then cover both windows, and say so.
     let first_start = adopted
-        .map(|a| u64::from(a.last_switch_s) * 1_000_000_000)
+        .map(|a| {
+            let s = if catch_up && a.prev_switch_s > 0 {
+                a.prev_switch_s
+            } else {
+                a.last_switch_s
+            };
+            u64::from(s) * 1_000_000_000
+        })
         .filter(|&t| t > 0 && t < now)
         .unwrap_or(now);
     let names: Vec<String> = agent
@@ -297,6 +307,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         agent.start_running(&name, first_start).await?;
     }
     agent.reconcile(now);
+    agent.adopting = false;
     let result = agent.main_loop(watcher, control_rx).await;
     agent.shutdown().await;
     drop(control_server);
@@ -328,6 +339,8 @@ struct Agent<'c> {
     catch_up: bool,
     /// SIGUSR2: leave everything attached and pinned for the next agent.
     handover: bool,
+    /// The first reconcile after adopting a previous agent's links.
+    adopting: bool,
     #[cfg(feature = "kubernetes")]
     pods: Option<crate::kubernetes::PodWatcher>,
 }
@@ -641,9 +654,16 @@ impl Agent<'_> {
             let r = self.running.get_mut(&name).expect("running");
             for (ifindex, link_name, meta) in joins {
                 info!(flow_log = %name, interface = %link_name, ifindex, "interface joins");
+                // An interface adopted from a previous agent was counted all along:
+                // it is a member from the window's start.
+                let joined = if self.adopting && self.attached.contains_key(&ifindex) {
+                    r.window.start_ns
+                } else {
+                    now
+                };
                 r.window
                     .members
-                    .insert(ifindex, Member::new(link_name, meta, now));
+                    .insert(ifindex, Member::new(link_name, meta, joined));
             }
             for (ifindex, m) in r.window.members.iter_mut() {
                 let here = now_members.contains(ifindex);

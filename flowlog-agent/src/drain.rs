@@ -148,6 +148,7 @@ impl FlowMaps {
                     (config::LAYOUT, flowlog_common::LAYOUT_VERSION),
                     (config::EMITTED, 0),
                     (config::LAST_SWITCH_S, 0),
+                    (config::PREV_SWITCH_S, 0),
                 ] {
                     maps.config.set(slot, v, 0).map_err(DrainError::Switch)?;
                 }
@@ -223,6 +224,10 @@ impl FlowMaps {
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
+        let last = self.config.get(&config::LAST_SWITCH_S, 0).unwrap_or(0);
+        self.config
+            .set(config::PREV_SWITCH_S, last, 0)
+            .map_err(DrainError::Switch)?;
         self.config
             .set(config::LAST_SWITCH_S, now_s, 0)
             .map_err(DrainError::Switch)?;

@@ -72,6 +72,8 @@ pub fn on_bpffs(path: &Path) -> bool {
 pub struct Adopted {
     /// Unix seconds of its last switch (0: none).
     pub last_switch_s: u32,
+    /// Unix seconds of the switch before (where the idle generation's window began).
+    pub prev_switch_s: u32,
     /// `CONFIG[GENERATION]`: the window counter (`& 1`: the active generation).
     pub generation: u32,
     /// `CONFIG[EMITTED]`.
@@ -140,6 +142,7 @@ impl Pins {
             if get(config::LAYOUT) == LAYOUT_VERSION && get(config::SHAPE) == shape {
                 adopted = Some(Adopted {
                     last_switch_s: get(config::LAST_SWITCH_S),
+                    prev_switch_s: get(config::PREV_SWITCH_S),
                     generation: get(config::GENERATION),
                     emitted: get(config::EMITTED),
                 });

@@ -255,13 +255,16 @@ pub mod config {
     pub const EMITTED: u32 = 6;
     /// [`super::LAYOUT_VERSION`] of the maps.
     pub const LAYOUT: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Unix seconds of the switch before the last: where the idle generation's window
+    /// started (a successor that must emit it says so).
+    pub const PREV_SWITCH_S: u32 = 8;
+    pub const COUNT: u32 = 16;
 }
 
 /// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in

@@ -67,3 +67,16 @@ pub fn assert_exact(records: &[Record], v: &VethPair) {
         "the known burst; records: {records:#?}"
     );
 }
+
+/// Sends `n` datagrams of `payload` bytes on the known stream (A:SPORT to B:DPORT),
+/// paced evenly over `over`, in a thread; joins to the number sent.
+pub fn paced(
+    a: &Netns,
+    v: &VethPair,
+    n: usize,
+    payload: usize,
+    over: Duration,
+) -> std::thread::JoinHandle<usize> {
+    let (ns, src, dst) = (a.name().to_string(), v4(v.v4_a, SPORT), v4(v.v4_b, DPORT));
+    std::thread::spawn(move || udp_send(&ns, src, dst, &vec![payload; n], Some(over)))
+}

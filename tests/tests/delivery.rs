@@ -158,22 +158,7 @@ fn tcp_sink_survives_a_30s_receiver_outage() {
 
     // 400 datagrams over 40 s: before, during and after the outage.
     const N: u64 = 400;
-    let sender = {
-        let (ns, src, dst) = (
-            a.name().to_string(),
-            v4(v.v4_a, known::SPORT),
-            v4(v.v4_b, known::DPORT),
-        );
-        thread::spawn(move || {
-            udp_send(
-                &ns,
-                src,
-                dst,
-                &vec![100; N as usize],
-                Some(Duration::from_secs(40)),
-            )
-        })
-    };
+    let sender = known::paced(&a, &v, N as usize, 100, Duration::from_secs(40));
     thread::sleep(Duration::from_secs(4));
     sleep_into_window(window, 0.5);
     let before = collector.lines().len();

@@ -615,22 +615,7 @@ fn ipfix_tcp_collector_outage() {
     );
     let ag = agent(a.name(), &v.if_a, &config, "nf", 19482);
     const N: u64 = 400;
-    let sender = {
-        let (ns, src, dst) = (
-            a.name().to_string(),
-            v4(v.v4_a, known::SPORT),
-            v4(v.v4_b, known::DPORT),
-        );
-        thread::spawn(move || {
-            udp_send(
-                &ns,
-                src,
-                dst,
-                &vec![100; N as usize],
-                Some(Duration::from_secs(40)),
-            )
-        })
-    };
+    let sender = known::paced(&a, &v, N as usize, 100, Duration::from_secs(40));
     thread::sleep(Duration::from_secs(4));
     into_window(0.5);
     tap.signal(libc::SIGKILL);
@@ -1053,22 +1038,7 @@ fn kafka_broker_outage() {
     );
     let ag = kafka_agent(a.name(), &[&v.if_a], &["bus"], &config, 19484);
     const N: u64 = 400;
-    let sender = {
-        let (ns, src, dst) = (
-            a.name().to_string(),
-            v4(v.v4_a, known::SPORT),
-            v4(v.v4_b, known::DPORT),
-        );
-        thread::spawn(move || {
-            udp_send(
-                &ns,
-                src,
-                dst,
-                &vec![100; N as usize],
-                Some(Duration::from_secs(40)),
-            )
-        })
-    };
+    let sender = known::paced(&a, &v, N as usize, 100, Duration::from_secs(40));
     thread::sleep(Duration::from_secs(4));
     into_window(0.3);
     let printed_before = ag.records().len();

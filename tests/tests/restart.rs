@@ -6,23 +6,12 @@ use std::{thread, time::Duration};
 use flowlog_tests::{
     known,
     netns::{assert_detached, BpfFs},
-    require_root, run_to_exit, totals,
-    traffic::{udp_send, v4},
-    Agent, Netns, Record, VethPair,
+    require_root, run_to_exit, totals, Agent, Netns, Record, VethPair,
 };
 
 /// 6,000 paced datagrams over 12 s from A to B on one stream; returns how many left.
 fn paced(a: &Netns, v: &VethPair) -> thread::JoinHandle<usize> {
-    let (ns, src, dst) = (a.name().to_string(), v.v4_a, v.v4_b);
-    thread::spawn(move || {
-        udp_send(
-            &ns,
-            v4(src, known::SPORT),
-            v4(dst, known::DPORT),
-            &[64; 6000],
-            Some(Duration::from_secs(12)),
-        )
-    })
+    known::paced(a, v, 6000, 64, Duration::from_secs(12))
 }
 
 fn stream_packets(records: &[Record], v: &VethPair) -> u64 {
