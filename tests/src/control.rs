@@ -77,6 +77,23 @@ impl Control {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `flowlog create NAME --resource-type ENI --resource-id IFACE --window WINDOW`
+    /// and `extra`, panicking unless it succeeds; returns stdout.
+    pub fn create_eni(&self, name: &str, iface: &str, window: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "create",
+            name,
+            "--resource-type",
+            "ENI",
+            "--resource-id",
+            iface,
+            "--window",
+            window,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     /// Sends a raw request line and returns the response line.
     pub fn raw(&self, line: &str) -> serde_json::Value {
         let mut s = UnixStream::connect(self.socket()).expect("connect to the control socket");

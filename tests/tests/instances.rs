@@ -330,18 +330,7 @@ fn two_windows_on_one_interface_sum_to_the_same_counts() {
     let ctl = Control::new("win");
     let agent = ctl.start_agent(a.name(), &[]);
     let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
-    ctl.ok(&[
-        "create",
-        "fast",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
-        &v.if_a,
-        "--window",
-        "2s",
-        "--output",
-        &fast,
-    ]);
+    ctl.create_eni("fast", &v.if_a, "2s", &["--output", &fast]);
     ctl.ok(&[
         "create",
         "slow",
@@ -444,16 +433,7 @@ fn create_stop_start_delete_record_exactly_the_active_periods() {
         thread::sleep(Duration::from_millis(300));
         totals(stream.select(&agent.records())).0
     };
-    ctl.ok(&[
-        "create",
-        "life",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
-        &v.if_a,
-        "--window",
-        "2s",
-    ]);
+    ctl.create_eni("life", &v.if_a, "2s", &[]);
     phase(30);
     ctl.ok(&["stop", "life"]);
     assert_eq!(recorded(&agent), 30, "stop emits the partial window");
@@ -580,18 +560,7 @@ path = 13
     let mut received = 0;
 
     // Every path recorded, each stream with its value.
-    ctl.ok(&[
-        "create",
-        "all",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
-        &v.if_a,
-        "--window",
-        "2s",
-        "--output",
-        &ctl.path("all.json"),
-    ]);
+    ctl.create_eni("all", &v.if_a, "2s", &["--output", &ctl.path("all.json")]);
     send_all(&mut received);
     ctl.ok(&["delete", "all"]);
     let all = read_records(&ctl.path("all.json"));
@@ -610,20 +579,12 @@ path = 13
     // Only the VPN path: the other streams make no flow-map entry, and say so.
     thread::sleep(Duration::from_millis(2100));
     let before = datapath_event(a.name(), port, "not_selected");
-    ctl.ok(&[
-        "create",
+    ctl.create_eni(
         "vpn",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
         &v.if_a,
-        "--window",
         "2s",
-        "--traffic-path",
-        "9",
-        "--output",
-        &ctl.path("vpn.json"),
-    ]);
+        &["--traffic-path", "9", "--output", &ctl.path("vpn.json")],
+    );
     send_all(&mut received);
     ctl.ok(&["stop", "vpn"]);
     thread::sleep(Duration::from_millis(2100));
@@ -655,34 +616,18 @@ fn ip_version_ipv4_only_or_dual_stack() {
     let ctl = Control::new("ipv");
     let agent = ctl.start_agent(a.name(), &[]);
     let (f4, fds) = (ctl.path("v4.json"), ctl.path("ds.json"));
-    ctl.ok(&[
-        "create",
+    ctl.create_eni(
         "v4",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
         &v.if_a,
-        "--window",
         "2s",
-        "--ip-version",
-        "IPv4",
-        "--output",
-        &f4,
-    ]);
-    ctl.ok(&[
-        "create",
+        &["--ip-version", "IPv4", "--output", &f4],
+    );
+    ctl.create_eni(
         "ds",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
         &v.if_a,
-        "--window",
         "2s",
-        "--ip-version",
-        "Dual-stack",
-        "--output",
-        &fds,
-    ]);
+        &["--ip-version", "Dual-stack", "--output", &fds],
+    );
     let sink4 = known::sink(&b, &v);
     known::send(&a, &v, &sink4);
     let sink6 = UdpSink::bind(b.name(), v6(v.v6b(), known::DPORT));
@@ -728,20 +673,12 @@ fn bad_requests_change_nothing_and_instances_survive_a_restart() {
     let config = ctl.path("flowlog.toml");
     std::fs::write(&config, "max_flow_logs = 2\n").unwrap();
     let agent = ctl.start_agent(a.name(), &["--config", &config]);
-    ctl.ok(&[
-        "create",
+    ctl.create_eni(
         "keep",
-        "--resource-type",
-        "ENI",
-        "--resource-id",
         &v.if_a,
-        "--window",
         "5m",
-        "--traffic-type",
-        "Reject",
-        "--description",
-        "kept",
-    ]);
+        &["--traffic-type", "Reject", "--description", "kept"],
+    );
     ctl.ok(&[
         "create",
         "idle",
