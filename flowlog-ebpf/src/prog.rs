@@ -2,6 +2,8 @@
 //! security policy ([`crate::policy`]) and counts it in the window's flow table
 //! ([`crate::flows`]). Also the maps every part uses: `CONFIG` (written by the agent)
 //! and the per-CPU `COUNTERS` of data-path events (never a per-packet log).
+use core::ptr::{addr_of_mut, write_volatile};
+
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map, xdp},
@@ -20,6 +22,9 @@ use crate::{
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(flowlog_common::config::COUNT, 0);
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Per-CPU scratch copy of a parsed frame (see `observe`).
+#[map(name = "SCRATCH")]
+pub(crate) static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn flowlog_tc_ingress(ctx: TcContext) -> i32 {
@@ -64,6 +69,7 @@ pub(crate) fn bump(idx: u32) {
 }
 
 /// What the parser learnt about one frame.
+#[repr(C)]
 pub(crate) struct Parsed {
     pub(crate) key: FlowKey,
     /// IP-layer bytes of the wire packets this frame stands for.
@@ -79,13 +85,33 @@ pub(crate) struct Parsed {
 #[inline(always)]
 fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     bump(counter::SEEN);
-    let Some(mut p) = parse(pkt, dir) else {
+    let Some(parsed) = parse(pkt, dir) else {
         bump(counter::UNPLACED);
         return false;
     };
-    let drop = decide(&mut p);
-    if record(&p) == Recorded::FirstSkip {
-        pkt.warn_overflow(p.key.ifindex);
+    let ifindex = parsed.key.ifindex;
+    // The frame's facts go through this CPU's scratch slot: read back from map memory
+    // they are plain unknowns to the verifier, so the parse paths (each with its own
+    // constants and packet pointers) meet in one state here, and the policy and the
+    // flow table are verified about once rather than once per parse path.
+    let Some(q) = SCRATCH.get_ptr_mut(0) else {
+        bump(counter::MAP_ERROR);
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other,
+    // and nothing else uses the slot once this program returns.
+    let p = unsafe {
+        // Field by field: no temporary copy on the (512-byte) stack.
+        write_volatile(addr_of_mut!((*q).key), parsed.key);
+        write_volatile(addr_of_mut!((*q).bytes), parsed.bytes);
+        write_volatile(addr_of_mut!((*q).packets), parsed.packets);
+        write_volatile(addr_of_mut!((*q).tcp_flags), parsed.tcp_flags);
+        write_volatile(addr_of_mut!((*q).rule_id), parsed.rule_id);
+        &mut *q
+    };
+    let drop = decide(p);
+    if record(p) == Recorded::FirstSkip {
+        pkt.warn_overflow(ifindex);
     }
     drop
 }

@@ -26,6 +26,9 @@ use flowlog_common::{
 use flowlog_tests::{packet::*, require_root};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+/// Instructions the verifier may process per program (see
+/// `verifier_work_stays_within_budget`).
+const VERIFIER_BUDGET: u32 = 1_000_000;
 const XDP_PASS: u32 = 2;
 
 /// Userspace copy of the kernel's `struct __sk_buff` (the test-run context of TC
@@ -1050,5 +1053,30 @@ fn mutated_frames_are_passed_and_conserved() {
         counter::MALFORMED,
     ] {
         assert!(c[k as usize] > 0, "no {} case", counter::NAMES[k as usize]);
+    }
+}
+
+/// The verifier's work per program (`bpf_prog_info.verified_insns`) stays far below the
+/// kernel's limit of 1,000,000 instructions: a program near it loads slowly and breaks
+/// with the next feature or on another kernel. Printed for the record.
+#[test]
+fn verifier_work_stays_within_budget() {
+    const BUDGET: u32 = VERIFIER_BUDGET;
+    let p = Progs::load();
+    for name in [names::TC_INGRESS, names::TC_EGRESS, names::XDP_INGRESS] {
+        let info = match p.ebpf.program(name).expect("program") {
+            aya::programs::Program::SchedClassifier(c) => c.info(),
+            aya::programs::Program::Xdp(x) => x.info(),
+            _ => unreachable!("{name} is a TC or XDP program"),
+        }
+        .expect("program info");
+        let insns = info
+            .verified_instruction_count()
+            .expect("the kernel reports verified_insns (Linux 5.16+)");
+        println!("{name}: {insns} instructions verified");
+        assert!(
+            insns <= BUDGET,
+            "{name}: the verifier processed {insns} instructions (budget {BUDGET}, limit 1,000,000)"
+        );
     }
 }

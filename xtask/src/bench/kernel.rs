@@ -53,6 +53,79 @@ fn load_classifiers(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// What the verifier costs: per program the agent loads, the instructions the
+/// verifier processed (`bpf_prog_info.verified_insns`, as `veristat` reports) and the
+/// load time (median of `rounds` fresh loads of the object at the agent's default
+/// sizes); the baseline is the empty program's.
+pub fn verifier(obj: &[u8], rounds: usize) -> Result<(Vec<Row>, serde_json::Value)> {
+    let progs = [
+        (names::TC_INGRESS, "tc_ingress"),
+        (names::TC_EGRESS, "tc_egress"),
+        (names::XDP_INGRESS, "xdp_ingress"),
+        (names::TC_EMPTY, "tc_empty"),
+    ];
+    let mut insns = [0u32; 4];
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for _ in 0..rounds.max(1) {
+        let mut ebpf = Ebpf::load(obj).context("loading the eBPF object")?;
+        for (i, (name, _)) in progs.iter().enumerate() {
+            let prog = ebpf
+                .program_mut(name)
+                .with_context(|| format!("no program {name}"))?;
+            let t = std::time::Instant::now();
+            let info = match prog {
+                aya::programs::Program::Xdp(p) => {
+                    p.load().with_context(|| format!("loading {name}"))?;
+                    p.info()?
+                }
+                aya::programs::Program::SchedClassifier(p) => {
+                    p.load().with_context(|| format!("loading {name}"))?;
+                    p.info()?
+                }
+                _ => bail!("{name}: unexpected program type"),
+            };
+            times[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            insns[i] = info.verified_instruction_count().unwrap_or(0);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let empty_ms = median(&mut times[3]);
+    let mut rows = Vec::new();
+    let mut samples = json!({});
+    for (i, (_, label)) in progs.iter().enumerate().take(3) {
+        let ms = median(&mut times[i]);
+        rows.push(
+            Row::new(
+                &format!("verifier_insns_{label}"),
+                f64::from(insns[i]),
+                "insns",
+                f64::from(insns[3]),
+                "insns (empty program)",
+            )
+            .note("instructions the verifier processed (bpf_prog_info.verified_insns; the kernel's limit is 1,000,000)"),
+        );
+        rows.push(
+            Row::new(
+                &format!("verifier_load_ms_{label}"),
+                ms,
+                "ms",
+                empty_ms,
+                "ms (empty program)",
+            )
+            .note(format!(
+                "BPF_PROG_LOAD wall time, median of {} loads",
+                rounds.max(1)
+            )),
+        );
+        samples[*label] = json!({"insns": insns[i], "load_ms": times[i]});
+    }
+    samples["tc_empty"] = json!({"insns": insns[3], "load_ms": times[3]});
+    Ok((rows, samples))
+}
+
 /// Average ns per run the kernel reports for `repeat` runs of `prog` on `frame`.
 fn time_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
     let r = prog

@@ -134,6 +134,9 @@ impl Bench {
                 new_flow_rounds: if quick { 1 } else { 3 },
                 cpu: self.sender_cpu,
             };
+            self.scenario("verifier", |_| {
+                kernel::verifier(obj, if quick { 3 } else { 7 })
+            })?;
             self.scenario("kernel", |_| kernel::test_run(obj, &plan))?;
             self.scenario("kernel_policy", |_| kernel::test_run_policy(obj, &plan))?;
         }
