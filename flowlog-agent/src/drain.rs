@@ -2,14 +2,17 @@
 //! counting a single increment while traffic flows.
 //!
 //! ```text
-//!   programs ──write──▶ FLOWS_<active>          agent
-//!                                               1. CONFIG[GENERATION] += 1 (parity = active)
-//!                                               2. RcuBarrier::synchronize()  (grace period)
-//!                                               3. read FLOWS_<old> in batches
-//!                                                  (BPF_MAP_LOOKUP_BATCH), render, write;
-//!                                                  read + delete SKIPPED_<old>,
-//!                                                  SKIP_STATS{gen = old}
-//!                                               4. after the records are out: clear
+//!   programs ──write──▶ TABLE_<active>          agent
+//!                       FLOWS_<active>          1. CONFIG[GENERATION] += 1 (parity = active)
+//!                       CACHE_<active>          2. RcuBarrier::synchronize()  (grace period)
+//!                                               3. read FLOWS_<old> (the table's overflow,
+//!                                                  BPF_MAP_LOOKUP_BATCH) and CACHE_<old>,
+//!                                                  then scan TABLE_<old> in its memory
+//!                                                  mapping (no system call per stream),
+//!                                                  render, write; read + delete
+//!                                                  SKIPPED_<old>, SKIP_STATS{gen = old}
+//!                                               4. after the records are out: zero
+//!                                                  TABLE_<old> and FILL[old], clear
 //!                                                  FLOWS_<old> (LOOKUP_AND_DELETE_BATCH)
 //! ```
 //!
@@ -21,8 +24,15 @@
 //! exactly one generation and is drained exactly once. (A packet that raced the
 //! switch is reported in the window that ends at this boundary.)
 //!
-//! Step 4 is off the boundary's critical path: deleting a million entries costs about
-//! as much as reading them, and the old generation is idle for a whole window. A
+//! A stream normally has one place: its table slot, or an overflow entry when its
+//! probes found no slot. Two CPUs racing to place the same new stream can leave it in
+//! both (one found the slot being written and used the overflow map); the agent repeats
+//! the stream's probe sequence in the mapped table and merges the overflow entry into
+//! the slot, and it merges equal keys within a probe window, so every stream is
+//! reported once.
+//!
+//! Step 4 is off the boundary's critical path, and the old generation is idle for a
+//! whole window. A
 //! generation that is still uncleared when it is about to become active again (the
 //! agent skipped step 4) is cleared first, so programs never add to stale entries.
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
@@ -33,7 +43,11 @@ use aya::{
 };
 use std::collections::HashMap as HashMap_;
 
-use flowlog_common::{config, counter, names, CacheSlot, FlowKey, FlowStats, SkipKey, SkipStats};
+use flowlog_common::{
+    config, counter, names,
+    table::{self, PROBES, SLOT_READY},
+    CacheSlot, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats,
+};
 
 use crate::{
     batch::{read_pod, BatchDrain},
@@ -70,8 +84,180 @@ pub enum DrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("mapping {name} into memory ({slots} slots): {source}")]
+    Mmap {
+        name: &'static str,
+        slots: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Rcu(#[from] RcuError),
+}
+
+/// One generation's flow table (`TABLE_<gen>`, `BPF_F_MMAPABLE`), mapped read-write
+/// into the agent: a drained generation is read and zeroed in memory.
+pub struct MappedTable {
+    ptr: *mut FlowSlot,
+    slots: u32,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; access goes through
+// `&self`/`&mut self` and the drain protocol (see the module header).
+unsafe impl Send for MappedTable {}
+unsafe impl Sync for MappedTable {}
+
+impl MappedTable {
+    /// Maps a `TABLE_<gen>` array (the mapping keeps the map alive; the fd need not).
+    pub fn new(map: &Array<MapData, FlowSlot>, name: &'static str) -> Result<Self, DrainError> {
+        Self::from_fd(raw_fd(map), map.len(), name)
+    }
+
+    /// Maps generation `g`'s table of a loaded object that still holds its maps
+    /// (tests and benchmarks that read the maps by name).
+    pub fn of(ebpf: &Ebpf, g: u32) -> Result<Self, DrainError> {
+        let name = names::TABLE[g as usize];
+        let map = ebpf.map(name).ok_or(DrainError::MissingMap { name })?;
+        let arr: Array<&MapData, FlowSlot> =
+            Array::try_from(map).map_err(|source| DrainError::MapType { name, source })?;
+        Self::from_fd(arr.map().fd().as_fd().as_raw_fd(), arr.len(), name)
+    }
+
+    fn from_fd(fd: RawFd, slots: u32, name: &'static str) -> Result<Self, DrainError> {
+        let len = (slots as usize * size_of::<FlowSlot>()).next_multiple_of(4096);
+        // SAFETY: a shared mapping of the map's pages (the kernel checks the length
+        // and the map's BPF_F_MMAPABLE flag); unmapped in `drop`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DrainError::Mmap {
+                name,
+                slots,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            slots,
+            len,
+        })
+    }
+
+    /// The published streams (tests and benchmarks; the agent drains with
+    /// [`FlowMaps::switch`]).
+    pub fn streams(&self) -> Vec<(FlowKey, FlowStats)> {
+        (0..self.slots)
+            .map(|i| self.slot(i))
+            .filter(|s| s.state & 0xffff_ffff == SLOT_READY)
+            .map(|s| (s.key, s.stats))
+            .collect()
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Slot `i`, read with volatile loads (the kernel shares the memory).
+    #[inline]
+    fn slot(&self, i: u32) -> FlowSlot {
+        debug_assert!(i < self.slots);
+        // SAFETY: `i < slots`, inside the mapping; `FlowSlot` is plain data.
+        unsafe { std::ptr::read_volatile(self.ptr.add(i as usize)) }
+    }
+
+    /// The slot holding `key` (published), by the programs' probe sequence.
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        let hash = table::hash(key);
+        let want = table::ready(hash);
+        let mut i = table::home(hash, self.slots);
+        for _ in 0..PROBES {
+            let s = self.slot(i);
+            if s.state == want && s.key == *key {
+                return Some(i);
+            }
+            if s.state == table::SLOT_EMPTY {
+                return None;
+            }
+            i += 1;
+            if i >= self.slots {
+                i = 0;
+            }
+        }
+        None
+    }
+
+    /// Places a stream as a program would (benchmarks and tests fill tables from user
+    /// space with it). Returns false when its probes find no slot.
+    pub fn insert(&mut self, key: &FlowKey, stats: &FlowStats) -> bool {
+        let hash = table::hash(key);
+        let mut i = table::home(hash, self.slots);
+        for _ in 0..PROBES {
+            if self.slot(i).state == table::SLOT_EMPTY {
+                let slot = FlowSlot {
+                    state: table::ready(hash),
+                    key: *key,
+                    stats: *stats,
+                };
+                // SAFETY: `i < slots`, inside the mapping.
+                unsafe { std::ptr::write_volatile(self.ptr.add(i as usize), slot) };
+                return true;
+            }
+            i += 1;
+            if i >= self.slots {
+                i = 0;
+            }
+        }
+        false
+    }
+
+    /// Zeroes every slot (the generation must be idle: no program writes it).
+    pub fn clear(&mut self) {
+        // SAFETY: the whole mapping, writable.
+        unsafe { std::ptr::write_bytes(self.ptr.cast::<u8>(), 0, self.len) };
+    }
+}
+
+impl Drop for MappedTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Writes the table geometry into `CONFIG` of an object loaded with
+/// [`crate::loader::sized`] (harnesses that run the programs without a [`FlowMaps`],
+/// which writes it itself).
+pub fn init_config(ebpf: &mut Ebpf, max_flows: u32) -> Result<(), DrainError> {
+    let name = names::CONFIG;
+    let map = ebpf.map_mut(name).ok_or(DrainError::MissingMap { name })?;
+    let mut config: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| DrainError::MapType { name, source })?;
+    for (slot, v) in [
+        (config::TABLE_SLOTS, table::slots(max_flows)),
+        (config::MAX_FLOWS, max_flows),
+    ] {
+        config.set(slot, v, 0).map_err(DrainError::Switch)?;
+    }
+    Ok(())
+}
+
+/// Adds `from` to `into` (one stream counted in two places).
+fn merge(into: &mut FlowStats, from: &FlowStats) {
+    into.packets += from.packets;
+    into.bytes += from.bytes;
+    into.first_ns = into.first_ns.min(from.first_ns);
+    into.last_ns = into.last_ns.max(from.last_ns);
+    into.tcp_flags |= from.tcp_flags;
+    into.closed |= from.closed;
 }
 
 /// Streams drained per system call.
@@ -79,6 +265,11 @@ pub const BATCH: usize = 8192;
 
 /// Userspace handles on the data-path maps.
 pub struct FlowMaps {
+    /// The flow tables of the two generations, memory-mapped.
+    tables: [MappedTable; 2],
+    /// Streams placed per generation.
+    fill: Array<MapData, u64>,
+    /// The tables' overflow maps.
     flows: [HashMap<MapData, FlowKey, FlowStats>; 2],
     skipped: [HashMap<MapData, FlowKey, u8>; 2],
     skip_stats: HashMap<MapData, SkipKey, SkipStats>,
@@ -107,9 +298,10 @@ fn raw_fd<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
 }
 
 impl FlowMaps {
-    /// Takes the maps out of a loaded object and makes generation 0 active.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, DrainError> {
-        Self::take_with(ebpf, None, 0)
+    /// Takes the maps out of a loaded object and makes generation 0 active, with a
+    /// window limit of `max_flows` streams (the value the object was loaded for).
+    pub fn take(ebpf: &mut Ebpf, max_flows: u32) -> Result<Self, DrainError> {
+        Self::take_with(ebpf, None, crate::pin::shape(max_flows, false))
     }
 
     /// As [`FlowMaps::take`]; with `adopted` (pinned maps of a previous agent) the
@@ -120,7 +312,14 @@ impl FlowMaps {
         adopted: Option<crate::pin::Adopted>,
         shape: u32,
     ) -> Result<Self, DrainError> {
+        let tables = [
+            MappedTable::new(&take(ebpf, names::TABLE[0])?, names::TABLE[0])?,
+            MappedTable::new(&take(ebpf, names::TABLE[1])?, names::TABLE[1])?,
+        ];
+        let slots = tables[0].slots();
         let mut maps = Self {
+            tables,
+            fill: take(ebpf, names::FILL)?,
             flows: [take(ebpf, names::FLOWS[0])?, take(ebpf, names::FLOWS[1])?],
             skipped: [
                 take(ebpf, names::SKIPPED_STREAMS[0])?,
@@ -149,6 +348,8 @@ impl FlowMaps {
                     (config::EMITTED, 0),
                     (config::LAST_SWITCH_S, 0),
                     (config::PREV_SWITCH_S, 0),
+                    (config::TABLE_SLOTS, slots),
+                    (config::MAX_FLOWS, shape & crate::pin::SHAPE_FLOWS),
                 ] {
                     maps.config.set(slot, v, 0).map_err(DrainError::Switch)?;
                 }
@@ -162,26 +363,79 @@ impl FlowMaps {
     pub fn idle_unemitted(&self) -> bool {
         let idle = self.active ^ 1;
         let emitted = self.config.get(&config::EMITTED, 0).unwrap_or(0);
-        emitted != idle + 1 && self.flows[idle as usize].keys().next().is_some()
+        emitted != idle + 1 && self.fill.get(&idle, 0).unwrap_or(0) > 0
+    }
+
+    /// Generation `g`'s table (benchmarks and tests place streams in it).
+    pub fn table_mut(&mut self, g: u32) -> &mut MappedTable {
+        &mut self.tables[g as usize]
+    }
+
+    /// Generation `g`'s overflow map.
+    pub fn overflow_mut(&mut self, g: u32) -> &mut HashMap<MapData, FlowKey, FlowStats> {
+        &mut self.flows[g as usize]
+    }
+
+    /// Sets generation `g`'s count of placed streams (after filling from user space).
+    pub fn set_fill(&mut self, g: u32, streams: u64) -> Result<(), DrainError> {
+        self.fill.set(g, streams, 0).map_err(DrainError::Switch)
     }
 
     /// Drains the idle generation without switching (see [`FlowMaps::idle_unemitted`]).
     pub fn drain_idle(&mut self) -> Result<GenerationDrain<'_>, DrainError> {
         let g = self.active ^ 1;
-        let cursor = BatchDrain::new(
-            raw_fd(&self.flows[g as usize]),
+        // The idle generation's window had counter - 1, its slots tag `counter`.
+        self.generation(g, self.counter)
+    }
+
+    /// A cursor over generation `g` (idle: nothing writes it), with its cache slots
+    /// tagged `tag`: reads the overflow map and finds which of its streams also have
+    /// a table slot.
+    fn generation(&mut self, g: u32, tag: u32) -> Result<GenerationDrain<'_>, DrainError> {
+        let cached = self.cached(g, tag)?;
+        let gi = g as usize;
+        self.dirty[gi] = true;
+        let name = names::FLOWS[gi];
+        let mut cursor = BatchDrain::new(
+            raw_fd(&self.flows[gi]),
             size_of::<FlowKey>(),
             size_of::<FlowStats>(),
             BATCH,
         )
         .read_only();
-        self.dirty[g as usize] = true;
-        // The idle generation's window had counter - 1, its slots tag `counter`.
-        let cached = self.cached(g, self.counter)?;
+        let table = &self.tables[gi];
+        let mut extra = Vec::new();
+        let mut pending: HashMap_<u32, FlowStats> = HashMap_::new();
+        loop {
+            let n = cursor
+                .next_batch()
+                .map_err(|e| DrainError::Batch { name, source: e })?;
+            if n == 0 {
+                break;
+            }
+            for i in 0..n {
+                let key = read_pod::<FlowKey>(cursor.key(i));
+                let stats = read_pod::<FlowStats>(cursor.value(i));
+                match table.find(&key) {
+                    Some(slot) => {
+                        merge(pending.entry(slot).or_insert_with(|| zero(&stats)), &stats)
+                    }
+                    None => extra.push((key, stats)),
+                }
+            }
+        }
+        // Scan from an empty slot, so no run of occupied slots wraps around the scan.
+        let start = (0..table.slots)
+            .find(|&i| table.slot(i).state == table::SLOT_EMPTY)
+            .unwrap_or(0);
         Ok(GenerationDrain {
             maps: self,
             gen: g,
-            cursor,
+            start,
+            scanned: 0,
+            pending,
+            merged: Vec::new(),
+            extra,
             cached,
         })
     }
@@ -234,22 +488,7 @@ impl FlowMaps {
         self.barrier.synchronize()?;
         self.active = new;
         self.counter = new_counter;
-        let cached = self.cached(old, old_counter.wrapping_add(1))?;
-        let g = old as usize;
-        let cursor = BatchDrain::new(
-            raw_fd(&self.flows[g]),
-            size_of::<FlowKey>(),
-            size_of::<FlowStats>(),
-            BATCH,
-        )
-        .read_only();
-        self.dirty[g] = true;
-        Ok(GenerationDrain {
-            maps: self,
-            gen: old,
-            cursor,
-            cached,
-        })
+        self.generation(old, old_counter.wrapping_add(1))
     }
 
     /// Switches generation and drains everything at once (tests, benchmarks; the
@@ -278,6 +517,8 @@ impl FlowMaps {
 
     fn clear(&mut self, gen: u32) -> Result<(), DrainError> {
         let g = gen as usize;
+        self.tables[g].clear();
+        self.fill.set(gen, 0, 0).map_err(DrainError::Switch)?;
         let name = names::FLOWS[g];
         let mut cursor = BatchDrain::new(
             raw_fd(&self.flows[g]),
@@ -321,32 +562,89 @@ pub struct Drained {
     pub skipped: Vec<(u32, SkipStats)>,
 }
 
-/// Drains one generation that no program writes any more, batch by batch.
+/// A stream with no counts yet, identity fields of `like` (for merging into).
+fn zero(like: &FlowStats) -> FlowStats {
+    FlowStats {
+        packets: 0,
+        bytes: 0,
+        first_ns: u64::MAX,
+        last_ns: 0,
+        tcp_flags: 0,
+        closed: 0,
+        ..*like
+    }
+}
+
+/// Drains one generation that no program writes any more, batch by batch: its table
+/// slots in memory order, then the overflow streams that have no slot.
 pub struct GenerationDrain<'a> {
     maps: &'a mut FlowMaps,
     gen: u32,
-    cursor: BatchDrain,
+    /// Slot where the scan starts (an empty one) and slots scanned so far.
+    start: u32,
+    scanned: u32,
+    /// Overflow counters of streams that also have a table slot, by slot.
+    pending: HashMap_<u32, FlowStats>,
+    /// Slots ahead of the scan already merged into an earlier slot of the same stream.
+    merged: Vec<u32>,
+    /// Overflow streams without a table slot, emitted after the table.
+    extra: Vec<(FlowKey, FlowStats)>,
     /// The CPUs' cached counters of this generation, added to their streams as they
     /// are read.
     cached: HashMap_<FlowKey, CacheSlot>,
 }
 
 impl GenerationDrain<'_> {
-    /// Appends the next batch of streams to `out` (the map keeps them until
+    /// Appends the next batch of streams to `out` (the maps keep them until
     /// [`FlowMaps::clear_idle`]). Returns false once every stream was read.
     pub fn next_batch(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<bool, DrainError> {
-        let name = names::FLOWS[self.gen as usize];
-        let n = self
-            .cursor
-            .next_batch()
-            .map_err(|e| DrainError::Batch { name, source: e })?;
         let start = out.len();
-        out.extend((0..n).map(|i| {
-            (
-                read_pod::<FlowKey>(self.cursor.key(i)),
-                read_pod::<FlowStats>(self.cursor.value(i)),
-            )
-        }));
+        let table = &self.maps.tables[self.gen as usize];
+        let slots = table.slots;
+        while self.scanned < slots && out.len() - start < BATCH {
+            let mut i = self.start + self.scanned;
+            if i >= slots {
+                i -= slots;
+            }
+            self.scanned += 1;
+            let s = table.slot(i);
+            if s.state & 0xffff_ffff != SLOT_READY {
+                continue;
+            }
+            if let Some(pos) = self.merged.iter().position(|&m| m == i) {
+                self.merged.swap_remove(pos);
+                continue;
+            }
+            let mut stats = s.stats;
+            if let Some(p) = self.pending.remove(&i) {
+                merge(&mut stats, &p);
+            }
+            // The same stream placed twice (two CPUs racing, see the module header) sits
+            // further along the same run of occupied slots.
+            let mut j = i;
+            for _ in 1..PROBES {
+                j += 1;
+                if j >= slots {
+                    j = 0;
+                }
+                let d = table.slot(j);
+                if d.state == table::SLOT_EMPTY {
+                    break;
+                }
+                if d.state == s.state && d.key == s.key {
+                    merge(&mut stats, &d.stats);
+                    if let Some(p) = self.pending.remove(&j) {
+                        merge(&mut stats, &p);
+                    }
+                    self.merged.push(j);
+                }
+            }
+            out.push((s.key, stats));
+        }
+        let table_done = self.scanned >= slots;
+        if table_done {
+            out.append(&mut self.extra);
+        }
         if !self.cached.is_empty() {
             for (key, stats) in &mut out[start..] {
                 if let Some(c) = self.cached.remove(key) {
@@ -357,7 +655,7 @@ impl GenerationDrain<'_> {
                 }
             }
         }
-        Ok(n > 0)
+        Ok(!table_done)
     }
 
     /// Reads and clears the generation's skip counters and skipped-stream set.

@@ -20,7 +20,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use flowlog_common::names;
+use flowlog_common::{names, table};
 use tracing::{debug, warn};
 
 use crate::{
@@ -97,6 +97,18 @@ pub fn skipped_set_size(max_flows: u32) -> u32 {
     (max_flows / 4).max(1024)
 }
 
+/// A loader with the flow table sized for `max_flows` (harnesses that load the object
+/// themselves; then [`crate::drain::init_config`]).
+pub fn sized<'a>(max_flows: u32) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::TABLE[0], table::slots(max_flows))
+        .map_max_entries(names::TABLE[1], table::slots(max_flows))
+        .map_max_entries(names::FLOWS[0], table::overflow(max_flows))
+        .map_max_entries(names::FLOWS[1], table::overflow(max_flows));
+    loader
+}
+
 /// Loads the object with map sizes from `cfg` and loads (verifies) every program. With
 /// `pins`, every map is pinned there (or the pinned one is reused).
 pub fn load(cfg: &Config, pins: Option<&Pins>) -> Result<Ebpf, LoadError> {
@@ -105,10 +117,8 @@ pub fn load(cfg: &Config, pins: Option<&Pins>) -> Result<Ebpf, LoadError> {
         return Err(LoadError::NotBuilt);
     }
     let skipped = skipped_set_size(cfg.max_flows);
-    let mut loader = EbpfLoader::new();
+    let mut loader = sized(cfg.max_flows);
     loader
-        .map_max_entries(names::FLOWS[0], cfg.max_flows)
-        .map_max_entries(names::FLOWS[1], cfg.max_flows)
         .map_max_entries(names::SKIPPED_STREAMS[0], skipped)
         .map_max_entries(names::SKIPPED_STREAMS[1], skipped);
     if cfg.policy.is_none() {

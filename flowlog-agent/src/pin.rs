@@ -94,6 +94,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
     }
 }
 
+/// The `max_flows` bits of a shape word.
+pub const SHAPE_FLOWS: u32 = 0x7fff_ffff;
+
 /// The shape word of `CONFIG[SHAPE]`.
 pub fn shape(max_flows: u32, policy: bool) -> u32 {
     max_flows | (u32::from(policy) << 31)

@@ -124,6 +124,98 @@ const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
 /// Slots of the per-CPU stream cache (a power of two).
 pub const CACHE_SLOTS: u32 = 512;
 
+/// One slot of a window's flow table (`TABLE_<gen>`): an open-addressing hash table
+/// laid out in a `BPF_F_MMAPABLE` array, so the agent reads a drained generation
+/// sequentially from memory, with no system call per stream.
+///
+/// `state` is 0 for an empty slot; otherwise `hash << 32 | SLOT_*` (see
+/// [`table`]). A program claims an empty slot with compare-and-swap (`SLOT_WRITING`),
+/// writes `key` and the first packet's `stats`, then publishes it (`SLOT_READY`);
+/// later packets of the stream add to `stats` atomically. A lookup compares the state
+/// word with `hash << 32 | SLOT_READY` before it compares keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub state: u64,
+    pub key: FlowKey,
+    pub stats: FlowStats,
+}
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 96);
+
+/// The flow table's geometry and the hash that places streams in it (shared by the
+/// programs and the agent, which repeats a lookup to merge the rare stream that two
+/// CPUs placed twice).
+pub mod table {
+    use super::FlowKey;
+
+    /// Slot states (low 32 bits of [`super::FlowSlot::state`]).
+    pub const SLOT_EMPTY: u64 = 0;
+    pub const SLOT_WRITING: u64 = 1;
+    pub const SLOT_READY: u64 = 2;
+    /// Claimed after the window's `max_flows` streams were reached: never read.
+    pub const SLOT_DEAD: u64 = 3;
+
+    /// Slots probed from a stream's home slot before it goes to the overflow map.
+    pub const PROBES: u32 = 16;
+
+    /// Slots of one generation's table for `max_flows` streams: half as many again,
+    /// so the table is at most two-thirds full and linear probes stay short.
+    pub const fn slots(max_flows: u32) -> u32 {
+        let s = max_flows as u64 + max_flows as u64 / 2;
+        if s < 16 {
+            16
+        } else {
+            s as u32
+        }
+    }
+
+    /// Entries of one generation's overflow hash map (streams whose probes found no
+    /// slot, or that raced another CPU's claim of their slot).
+    pub const fn overflow(max_flows: u32) -> u32 {
+        let o = max_flows / 16;
+        if o < 1024 {
+            1024
+        } else {
+            o
+        }
+    }
+
+    /// The stream's hash: a multiply-xor over the key words that tell streams apart
+    /// in practice (interface, first and last word of each address, ports, protocol/
+    /// family/direction/verdict), finished with murmur3's `fmix32`.
+    #[inline(always)]
+    pub fn hash(k: &FlowKey) -> u32 {
+        let w = k as *const FlowKey as *const u32;
+        // SAFETY: words `< 12` of a 48-byte, 4-aligned struct.
+        let word = |i: usize| unsafe { core::ptr::read_volatile(w.add(i)) };
+        let mut h: u32 = 0x9e37_79b9;
+        h = (h ^ word(0)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(1)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(4)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(5)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(8)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(9)).wrapping_mul(0x0100_0193);
+        h = (h ^ word(10)).wrapping_mul(0x0100_0193);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    /// The home slot of `hash` in a table of `slots` slots.
+    #[inline(always)]
+    pub fn home(hash: u32, slots: u32) -> u32 {
+        ((hash as u64 * slots as u64) >> 32) as u32
+    }
+
+    /// The state word of a published slot holding a stream of `hash`.
+    #[inline(always)]
+    pub fn ready(hash: u32) -> u64 {
+        (hash as u64) << 32 | SLOT_READY
+    }
+}
+
 /// Key of the per-interface skip counters: what could not be placed in a full flow map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -258,13 +350,17 @@ pub mod config {
     /// Unix seconds of the switch before the last: where the idle generation's window
     /// started (a successor that must emit it says so).
     pub const PREV_SWITCH_S: u32 = 8;
+    /// Slots of each flow table generation ([`super::table::slots`] of `MAX_FLOWS`).
+    pub const TABLE_SLOTS: u32 = 9;
+    /// Streams a window may hold (`--max-flows`): table and overflow together.
+    pub const MAX_FLOWS: u32 = 10;
     pub const COUNT: u32 = 16;
 }
 
 /// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in
@@ -459,8 +555,14 @@ pub mod names {
     pub const PATH_CIDRS: &str = "PATH_CIDRS";
     pub const VERDICTS: &str = "VERDICTS";
     pub const CACHE: [&str; 2] = ["CACHE_0", "CACHE_1"];
+    pub const TABLE: [&str; 2] = ["TABLE_0", "TABLE_1"];
+    /// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`.
+    pub const FILL: &str = "FILL";
     /// Every map pinned across agent restarts (all but the kernel log ring).
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 24] = [
+        TABLE[0],
+        TABLE[1],
+        FILL,
         CACHE[0],
         CACHE[1],
         FLOWS[0],
@@ -497,6 +599,7 @@ mod user {
     // padding fields, so every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for SkipKey {}
     unsafe impl aya::Pod for SkipStats {}
     unsafe impl aya::Pod for FragKey {}
@@ -572,5 +675,59 @@ mod user {
             assert_eq!(k.addrs().0.to_string(), "::1");
             assert!(k.has_ports());
         }
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::{table, FlowKey};
+
+    fn key(i: u32) -> FlowKey {
+        let mut k = FlowKey {
+            ifindex: 3,
+            src_port: (i % 60_000) as u16,
+            dst_port: 443,
+            protocol: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
+        k.src_addr[..4].copy_from_slice(&(0x0a00_0000 + i / 60_000).to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn geometry_leaves_a_third_of_the_slots_free() {
+        assert_eq!(table::slots(65_536), 98_304);
+        assert_eq!(table::slots(1_000_000), 1_500_000);
+        assert_eq!(table::slots(4), 16);
+        assert_eq!(table::overflow(65_536), 4096);
+        assert_eq!(table::overflow(1000), 1024);
+        assert_eq!(table::overflow(16_777_216), 1_048_576);
+    }
+
+    #[test]
+    fn home_slots_are_in_range_and_spread() {
+        for slots in [16u32, 1500, 98_304, 1_500_000] {
+            assert!(table::home(u32::MAX, slots) < slots);
+            assert_eq!(table::home(0, slots), 0);
+        }
+        // 65,536 streams differing only in port and address bits: their home slots in
+        // a 98,304-slot table spread like random ones (a uniform hash fills about
+        // 1 - e^(-2/3) = 48.7% of the slots with 2/3 as many keys).
+        let slots = table::slots(65_536);
+        let mut used = vec![false; slots as usize];
+        for i in 0..65_536 {
+            used[table::home(table::hash(&key(i)), slots) as usize] = true;
+        }
+        let frac = used.iter().filter(|u| **u).count() as f64 / f64::from(slots);
+        assert!((0.47..0.50).contains(&frac), "home slots used: {frac}");
+    }
+
+    #[test]
+    fn the_ready_state_carries_the_hash() {
+        let h = table::hash(&key(7));
+        assert_eq!(table::ready(h) >> 32, u64::from(h));
+        assert_eq!(table::ready(h) & 0xffff_ffff, table::SLOT_READY);
+        assert_ne!(table::hash(&key(7)), table::hash(&key(8)));
     }
 }

@@ -1,21 +1,31 @@
-//! The window's flow table: one shared hash entry per stream (counters added
-//! atomically), two generations switched by `CONFIG[GENERATION]`, and the per-interface
-//! skip counters of streams that did not fit (the window's SKIPDATA record).
+//! The window's flow table: one shared entry per stream (counters added atomically)
+//! in an open-addressing hash table laid out in a `BPF_F_MMAPABLE` array
+//! (`TABLE_<gen>`, linear probing, slots claimed with compare-and-swap), with a hash
+//! map (`FLOWS_<gen>`) for the few streams whose probes find no slot; two generations
+//! switched by `CONFIG[GENERATION]`; in front of them a per-CPU cache of hot streams;
+//! and the per-interface skip counters of streams that did not fit (the window's
+//! SKIPDATA record).
 use core::{
-    intrinsics::{atomic_or, atomic_xadd, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg, AtomicOrdering},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_coarse_ns,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    cty::c_void,
+    helpers::{bpf_ktime_get_coarse_ns, generated::bpf_loop},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
-use flowlog_common::{counter, CacheSlot, FlowKey, FlowStats, SkipKey, SkipStats, CACHE_SLOTS};
+use flowlog_common::{
+    config, counter,
+    table::{self, PROBES, SLOT_DEAD, SLOT_EMPTY, SLOT_WRITING},
+    CacheSlot, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats, CACHE_SLOTS,
+};
 
 use crate::{
     parse::{TCP_FIN, TCP_RST},
+    prog::SCRATCH,
     prog::{bump, Parsed, CONFIG},
     select::select,
 };
@@ -24,13 +34,26 @@ use crate::{
 pub(crate) const FLOWS_MAX: u32 = 65536;
 pub(crate) const SKIPPED_MAX: u32 = 16384;
 
-/// The streams of a window: one shared entry per stream (not one per CPU), counters
-/// added atomically. Memory does not grow with the CPU count, and a drain copies one
-/// value per stream.
+/// The streams of a window: one shared slot per stream (not one per CPU), counters
+/// added atomically. Memory does not grow with the CPU count, and the agent reads a
+/// drained generation straight from its memory mapping.
+#[map(name = "TABLE_0")]
+pub(crate) static TABLE_0: Array<FlowSlot> =
+    Array::with_max_entries(table::slots(FLOWS_MAX), BPF_F_MMAPABLE);
+#[map(name = "TABLE_1")]
+pub(crate) static TABLE_1: Array<FlowSlot> =
+    Array::with_max_entries(table::slots(FLOWS_MAX), BPF_F_MMAPABLE);
+/// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`;
+/// the agent zeroes a generation's count when it clears it.
+#[map(name = "FILL")]
+pub(crate) static FILL: Array<u64> = Array::with_max_entries(2, 0);
+/// The overflow of each generation's table (same counters, a hash map).
 #[map(name = "FLOWS_0")]
-pub(crate) static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MAX, 0);
+pub(crate) static FLOWS_0: HashMap<FlowKey, FlowStats> =
+    HashMap::with_max_entries(table::overflow(FLOWS_MAX), 0);
 #[map(name = "FLOWS_1")]
-pub(crate) static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MAX, 0);
+pub(crate) static FLOWS_1: HashMap<FlowKey, FlowStats> =
+    HashMap::with_max_entries(table::overflow(FLOWS_MAX), 0);
 #[map(name = "SKIPPED_0")]
 pub(crate) static SKIPPED_0: HashMap<FlowKey, u8> = HashMap::with_max_entries(SKIPPED_MAX, 0);
 #[map(name = "SKIPPED_1")]
@@ -57,37 +80,18 @@ pub(crate) static CACHE_0: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entrie
 #[map(name = "CACHE_1")]
 pub(crate) static CACHE_1: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
 
-/// The key as the 12 words it is made of (`FlowKey` is 48 bytes, 4-aligned).
-#[inline(always)]
-fn words(k: &FlowKey) -> *const u32 {
-    k as *const FlowKey as *const u32
-}
-
-/// A multiply-xor hash of the key words that tell streams apart in practice
-/// (interface, the first and last word of each address, ports, protocol/family/
-/// direction/verdict); the slot is its low bits.
-#[inline(always)]
-fn hash_of(k: &FlowKey) -> u32 {
-    let w = words(k);
-    let mut h: u32 = 0x9e37_79b9;
-    for i in [0usize, 1, 4, 5, 8, 9, 10] {
-        // SAFETY: word `i < 12` of a 48-byte, 4-aligned struct.
-        h = (h ^ unsafe { read_volatile(w.add(i)) }).wrapping_mul(0x0100_0193);
-    }
-    h ^ (h >> 15)
-}
-
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let (x, y) = (words(a), words(b));
-    let mut diff = 0u32;
-    let mut i = 0;
-    while i < 12 {
-        // SAFETY: as in `slot_of`.
-        diff |= unsafe { read_volatile(x.add(i)) ^ read_volatile(y.add(i)) };
-        i += 1;
-    }
-    diff == 0
+    // Six 8-byte words: every key compared here sits 8-aligned (in a cache slot, a
+    // table slot, or the scratch copy), and fewer loads keep the compare in registers
+    // (the probe step runs in its own small stack frame).
+    let (x, y) = (
+        a as *const FlowKey as *const u64,
+        b as *const FlowKey as *const u64,
+    );
+    // SAFETY: words `< 6` of 48-byte structs; see above for the alignment.
+    let w = |i: usize| unsafe { read_volatile(x.add(i)) ^ read_volatile(y.add(i)) };
+    (w(0) | w(1) | w(2) | w(3) | w(4) | w(5)) == 0
 }
 
 #[derive(PartialEq, Eq)]
@@ -109,6 +113,165 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 #[inline(always)]
+fn config_value(slot: u32) -> u32 {
+    match CONFIG.get(slot) {
+        Some(v) => *v,
+        None => 0,
+    }
+}
+
+/// Where a stream is in the table, or where it would go.
+enum Probe {
+    /// Its published slot.
+    Found(*mut FlowSlot),
+    /// Not in the table; the index of the first empty slot of its probe sequence.
+    Empty(u32),
+    /// Not found within [`PROBES`] slots, or another CPU is writing a slot with its
+    /// hash right now: the overflow map.
+    Overflow,
+}
+
+/// Linear probing from the stream's home slot. Slots are never freed within a
+/// window, so the first empty slot ends the search. The home slot is checked inline
+/// (where nearly every stream is found); the rest of the sequence runs under
+/// `bpf_loop`, so the verifier checks one probe step once rather than every unrolled
+/// step on every path.
+#[inline(always)]
+fn probe(gen: u32, p: &Parsed, hash: u32, slots: u32) -> Probe {
+    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
+    let want = table::ready(hash);
+    let writing = (hash as u64) << 32 | SLOT_WRITING;
+    let home = table::home(hash, slots);
+    let Some(s) = t.get_ptr_mut(home) else {
+        return Probe::Overflow;
+    };
+    // SAFETY: a live array element; `state` is written only with atomic operations
+    // (and `key` only before its slot is published).
+    let st = unsafe { read_volatile(addr_of!((*s).state)) };
+    if st == want && same_key(unsafe { &(*s).key }, &p.key) {
+        return Probe::Found(s);
+    }
+    if st == SLOT_EMPTY {
+        return Probe::Empty(home);
+    }
+    // Walk on from the next slot, or wait at this one while another CPU writes a
+    // stream of the same hash into it (most likely this very stream).
+    let from = if st == writing {
+        home
+    } else if home + 1 >= slots {
+        0
+    } else {
+        home + 1
+    };
+    walk(gen, want, writing, from, slots)
+}
+
+/// The probe sequence from slot `from` (see `probe_step`).
+#[inline(always)]
+fn walk(gen: u32, want: u64, writing: u64, from: u32, slots: u32) -> Probe {
+    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
+    let Some(q) = SCRATCH.get_ptr_mut(0) else {
+        return Probe::Overflow;
+    };
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other.
+    unsafe {
+        let w = addr_of_mut!((*q).walk);
+        write_volatile(
+            w,
+            ProbeWalk {
+                want,
+                writing,
+                i: from,
+                slots,
+                gen,
+                kind: WALK_OVERFLOW,
+                steps: 0,
+                waits: 0,
+            },
+        );
+        // The walk's state stays in the scratch slot (no callback context on the
+        // stack): the verifier's view of this frame does not change across steps.
+        bpf_loop(
+            PROBES + WAITS,
+            probe_step as *const () as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        match read_volatile(addr_of!((*w).kind)) {
+            WALK_FOUND => t
+                .get_ptr_mut(read_volatile(addr_of!((*w).i)))
+                .map_or(Probe::Overflow, Probe::Found),
+            WALK_EMPTY => Probe::Empty(read_volatile(addr_of!((*w).i))),
+            _ => Probe::Overflow,
+        }
+    }
+}
+
+/// Re-reads of a slot being written before the walk gives up on it (the writer's
+/// window is a few stores; about 1 in 10 of two CPUs' simultaneous first packets of a
+/// stream meets it).
+const WAITS: u32 = 32;
+
+const WALK_OVERFLOW: u32 = 0;
+const WALK_FOUND: u32 = 1;
+const WALK_EMPTY: u32 = 2;
+
+/// The walk's state, in this CPU's `SCRATCH` slot beside the key it looks for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ProbeWalk {
+    want: u64,
+    writing: u64,
+    /// The slot to probe next; where the walk stopped once `kind` is set.
+    i: u32,
+    slots: u32,
+    gen: u32,
+    kind: u32,
+    /// Slots probed, and re-reads of slots being written.
+    steps: u32,
+    waits: u32,
+}
+
+/// One probe step: returns 1 (stop) at the stream's slot, at an empty slot, after
+/// [`PROBES`] slots, or after [`WAITS`] re-reads of slots that other CPUs were
+/// writing with the same hash (then the stream counts in the overflow map).
+extern "C" fn probe_step(_n: u32, _ctx: *mut c_void) -> i64 {
+    let Some(q) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, written by `record` and `probe`.
+    let w = unsafe { &mut (*q).walk };
+    let t = if w.gen == 0 { &TABLE_0 } else { &TABLE_1 };
+    let Some(s) = t.get_ptr_mut(w.i) else {
+        return 1;
+    };
+    // SAFETY: as in `probe`.
+    let st = unsafe { read_volatile(addr_of!((*s).state)) };
+    if st == w.want && same_key(unsafe { &(*s).key }, unsafe { &(*q).p.key }) {
+        w.kind = WALK_FOUND;
+        return 1;
+    }
+    if st == SLOT_EMPTY {
+        w.kind = WALK_EMPTY;
+        return 1;
+    }
+    if st == w.writing {
+        // Read the slot again: its writer is between claim and publish.
+        w.waits += 1;
+        return (w.waits >= WAITS) as i64;
+    }
+    w.steps += 1;
+    if w.steps >= PROBES {
+        return 1;
+    }
+    w.i += 1;
+    if w.i >= w.slots {
+        w.i = 0;
+    }
+    0
+}
+
+#[inline(always)]
 pub(crate) fn record(p: &Parsed) -> Recorded {
     let counter = window_counter();
     let gen = counter & 1;
@@ -117,7 +280,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
     // packets take the shared entry (they stamp its end time).
     let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
-    let hash = hash_of(&p.key);
+    let hash = table::hash(&p.key);
     let slot = if closed == 0 {
         cache.get_ptr_mut(hash & (CACHE_SLOTS - 1))
     } else {
@@ -136,12 +299,68 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
             return Recorded::Stream;
         }
     }
+    shared(p, gen, tag, hash, closed, slot)
+}
+
+/// A packet of a stream the CPU cache did not hold: its table slot (or overflow
+/// entry), or a new stream's.
+#[inline(always)]
+fn shared(
+    p: &Parsed,
+    gen: u32,
+    tag: u32,
+    hash: u32,
+    closed: u8,
+    slot: Option<*mut CacheSlot>,
+) -> Recorded {
+    let slots = config_value(config::TABLE_SLOTS);
+    let empty = match probe(gen, p, hash, slots) {
+        Probe::Found(s) => {
+            // SAFETY: a published slot: its stats are live counters.
+            add(unsafe { addr_of_mut!((*s).stats) }, p, closed);
+            claim(slot, p, tag, hash);
+            return Recorded::Stream;
+        }
+        Probe::Empty(i) => Some(i),
+        Probe::Overflow => None,
+    };
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    if let Some(s) = flows.get_ptr_mut(&p.key) {
-        add(s, p, closed);
-        claim(slot, p, tag, hash);
-        return Recorded::Stream;
-    }
+    let empty = match empty {
+        Some(i) => i,
+        None => {
+            if let Some(s) = flows.get_ptr_mut(&p.key) {
+                add(s, p, closed);
+                claim(slot, p, tag, hash);
+                return Recorded::Stream;
+            }
+            NO_SLOT
+        }
+    };
+    new_stream(p, gen, tag, hash, empty)
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// A stream neither the table nor the overflow map holds: selection, the window's
+/// limit, then the empty slot `empty` of its probe sequence (or the overflow map).
+#[inline(always)]
+fn new_stream(p: &Parsed, gen: u32, tag: u32, hash: u32, empty: u32) -> Recorded {
+    let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
+    let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
+    let slot = if closed == 0 {
+        cache.get_ptr_mut(hash & (CACHE_SLOTS - 1))
+    } else {
+        None
+    };
+    let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
+    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
+    let empty_idx = empty;
+    let empty = if empty == NO_SLOT {
+        None
+    } else {
+        t.get_ptr_mut(empty)
+    };
+    // A new stream.
     let Some(traffic_path) = select(p) else {
         // SAFETY: per-CPU slot; BPF programs on one CPU do not preempt each other.
         if let Some(c) = crate::prog::COUNTERS.get_ptr_mut(counter::NOT_SELECTED) {
@@ -149,6 +368,15 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         }
         return Recorded::Stream;
     };
+    let Some(fill) = FILL.get_ptr_mut(gen) else {
+        bump(counter::MAP_ERROR);
+        return Recorded::Stream;
+    };
+    let max = config_value(config::MAX_FLOWS) as u64;
+    // SAFETY: a live array element, written only atomically.
+    if unsafe { read_volatile(fill) } >= max {
+        return skip(p, gen);
+    }
     let now = now_ns();
     let fresh = FlowStats {
         packets: p.packets,
@@ -161,6 +389,54 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         _pad: 0,
         rule_id: p.rule_id,
     };
+    if let Some(s) = empty {
+        // SAFETY: `s` is a live array element; the state word is only changed with
+        // atomic operations, and the slot's key and stats are written by the one
+        // program whose compare-and-swap claimed it, before it publishes the slot.
+        unsafe {
+            let state = addr_of_mut!((*s).state);
+            let (_, won) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::SeqCst },
+                { AtomicOrdering::SeqCst },
+            >(state, SLOT_EMPTY, (hash as u64) << 32 | SLOT_WRITING);
+            if won {
+                if !take_place(gen, max) {
+                    // Another CPU placed the window's last stream meanwhile.
+                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, SLOT_DEAD);
+                    return skip(p, gen);
+                }
+                write_volatile(addr_of_mut!((*s).key), p.key);
+                write_volatile(addr_of_mut!((*s).stats), fresh);
+                // Publish: a full barrier orders the key and stats before the state.
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, table::ready(hash));
+                claim(slot, p, tag, hash);
+                return Recorded::Stream;
+            }
+            // Another CPU claimed the slot first, most likely for this very stream:
+            // wait for it to be published (and walk on if it is another stream's).
+            if let Probe::Found(f) = walk(
+                gen,
+                table::ready(hash),
+                (hash as u64) << 32 | SLOT_WRITING,
+                empty_idx,
+                config_value(config::TABLE_SLOTS),
+            ) {
+                add(addr_of_mut!((*f).stats), p, closed);
+                claim(slot, p, tag, hash);
+                return Recorded::Stream;
+            }
+        }
+        // Its slot is being written: count in the overflow map (the agent merges a
+        // stream found in both).
+        if let Some(e) = flows.get_ptr_mut(&p.key) {
+            add(e, p, closed);
+            return Recorded::Stream;
+        }
+    }
+    if !take_place(gen, max) {
+        return skip(p, gen);
+    }
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => claim(slot, p, tag, hash),
         // Another CPU inserted the stream between our lookup and insert: add to it.
@@ -173,8 +449,62 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     Recorded::Stream
 }
 
+/// Counts one more stream in generation `gen`'s window if fewer than `max` are
+/// placed: a compare-and-swap loop (BPF's fetching add needs CPU v3; the object is
+/// built for `generic`, whose `cmpxchg` is available), run under `bpf_loop` so the
+/// verifier checks one step. A CPU that loses 8 races in a row (never seen) counts
+/// the stream as skipped, which the SKIPDATA record reports.
+#[inline(always)]
+fn take_place(gen: u32, max: u64) -> bool {
+    let mut t = Take { gen, won: 0, max };
+    // SAFETY: `take_step` has the callback signature bpf_loop expects and `t`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            8,
+            take_step as *const () as *mut c_void,
+            &mut t as *mut Take as *mut c_void,
+            0,
+        )
+    };
+    t.won != 0
+}
+
+#[repr(C)]
+struct Take {
+    gen: u32,
+    won: u32,
+    max: u64,
+}
+
+extern "C" fn take_step(_n: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given in `take_place`.
+    let t = unsafe { &mut *(ctx as *mut Take) };
+    let Some(fill) = FILL.get_ptr_mut(t.gen) else {
+        return 1;
+    };
+    // SAFETY: a live array element, written only with atomic operations.
+    let cur = unsafe { read_volatile(fill) };
+    if cur >= t.max {
+        return 1;
+    }
+    // SAFETY: as above.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            fill,
+            cur,
+            cur + 1,
+        )
+    };
+    if won {
+        t.won = 1;
+        return 1;
+    }
+    0
+}
+
 /// Takes an empty cache slot (none of this window) for a stream whose shared entry
-/// exists and already holds this packet: its next packets on this CPU are cached. An
+/// (table slot or overflow entry) exists and already holds this packet: its next packets on this CPU are cached. An
 /// occupied slot stays with its stream (first come, first served in a window).
 #[inline(always)]
 fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32, hash: u32) {

@@ -8,9 +8,14 @@
 //!                        │ parse: Ethernet ▸ 802.1Q/802.1ad ▸ IPv4/IPv6 (+ext hdrs) ▸ L4 ports
 //!                        │ policy: binding ▸ verdict cache / LPM + rule walk / conntrack
 //!                        ▼
-//!  CONFIG[GENERATION] ─▶ FLOWS_<gen>  shared hash, atomic adds  FlowKey ─▶ FlowStats
+//!  CONFIG[GENERATION] ─▶ CACHE_<gen> (per CPU, 512 hot streams, plain adds)
+//!                        │  miss ▼
+//!                        TABLE_<gen>  open addressing in a BPF_F_MMAPABLE array,
+//!                        │  linear probes ≤ 16, CAS claim, atomic adds  FlowSlot{state, key, stats}
+//!                        │  no slot ▼
+//!                        FLOWS_<gen>  overflow hash map           FlowKey ─▶ FlowStats
 //!                        │  new stream: IFACES (selection) ▸ PATH_CIDRS + PATH_RULES (path)
-//!                        │  full? ─▶ SKIPPED_<gen> (distinct skipped streams)
+//!                        │  FILL[gen] ≥ CONFIG[MAX_FLOWS]? ─▶ SKIPPED_<gen> (distinct skipped streams)
 //!                        │          SKIP_STATS {ifindex, gen} (skipped packets/bytes)
 //!  FRAGS (LRU): ports of first fragments, for the later fragments of a datagram
 //!  COUNTERS (per-CPU): parse errors and map events, never a per-packet log

@@ -22,9 +22,16 @@ use crate::{
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(flowlog_common::config::COUNT, 0);
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-/// Per-CPU scratch copy of a parsed frame (see `observe`).
+/// Per-CPU scratch: a copy of the parsed frame (see `observe`) and the state of a
+/// flow-table probe walk (see `flows::probe`).
 #[map(name = "SCRATCH")]
-pub(crate) static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub(crate) p: Parsed,
+    pub(crate) walk: crate::flows::ProbeWalk,
+}
 
 #[classifier]
 pub fn flowlog_tc_ingress(ctx: TcContext) -> i32 {
@@ -70,6 +77,7 @@ pub(crate) fn bump(idx: u32) {
 
 /// What the parser learnt about one frame.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct Parsed {
     pub(crate) key: FlowKey,
     /// IP-layer bytes of the wire packets this frame stands for.
@@ -100,6 +108,8 @@ fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     };
     // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other,
     // and nothing else uses the slot once this program returns.
+    let q = unsafe { addr_of_mut!((*q).p) };
+    // SAFETY: as above.
     let p = unsafe {
         // Field by field: no temporary copy on the (512-byte) stack.
         write_volatile(addr_of_mut!((*q).key), parsed.key);

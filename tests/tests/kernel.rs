@@ -2,8 +2,9 @@
 //!
 //! Each test loads a fresh copy of the embedded eBPF object (so every map starts
 //! empty), loads the TC ingress/egress and XDP programs without attaching them, and
-//! runs hand-built frames through them with `BPF_PROG_TEST_RUN`. It then reads the
-//! generation-0 flow map (`FLOWS_0`, active at load) and the `COUNTERS` array and
+//! runs hand-built frames through them with `BPF_PROG_TEST_RUN`. It then reads
+//! generation 0 (active at load) of the flow table (`TABLE_0`, memory-mapped, with its
+//! overflow map `FLOWS_0` and the CPUs' stream cache) and the `COUNTERS` array and
 //! checks exact stream keys (addresses, host-order ports, protocol, family, direction,
 //! PORTS flag) and statistics (packets, IP-layer bytes, TCP flags, closed), plus every
 //! error counter. The programs must never drop: TC returns `TC_ACT_UNSPEC`, XDP returns
@@ -19,6 +20,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
+use flowlog_agent::drain::MappedTable;
 use flowlog_common::{
     action, counter, direction, family, key_flags, names, CacheSlot, FlowKey, FlowStats,
     CACHE_SLOTS, TRAFFIC_PATH_UNCLASSIFIED,
@@ -29,6 +31,8 @@ const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
 /// Instructions the verifier may process per program (see
 /// `verifier_work_stays_within_budget`).
 const VERIFIER_BUDGET: u32 = 1_000_000;
+/// The agent's default window capacity.
+const MAX_FLOWS: u32 = 65536;
 const XDP_PASS: u32 = 2;
 
 /// Userspace copy of the kernel's `struct __sk_buff` (the test-run context of TC
@@ -121,7 +125,10 @@ impl Progs {
             "the embedded eBPF object is empty (flowlog-agent built with AYA_BUILD_SKIP=1?): \
              rebuild without it"
         );
-        let mut ebpf = Ebpf::load(obj).expect("loading the eBPF object");
+        let mut ebpf = flowlog_agent::loader::sized(MAX_FLOWS)
+            .load(obj)
+            .expect("loading the eBPF object");
+        flowlog_agent::drain::init_config(&mut ebpf, MAX_FLOWS).expect("writing CONFIG");
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -207,16 +214,22 @@ impl Progs {
         Ok(())
     }
 
-    /// The generation-0 streams as the agent drains them: the flow map's entries plus
-    /// what the CPUs' stream caches hold for them (window counter 0: tag 1).
+    /// The generation-0 streams as the agent drains them: the table's slots and the
+    /// overflow map's entries (each stream in exactly one of them here: one thread
+    /// runs the frames) plus what the CPUs' stream caches hold for them (window
+    /// counter 0: tag 1).
     fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         let map: HashMap<_, FlowKey, FlowStats> =
             HashMap::try_from(self.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map"))
                 .expect("FLOWS_0 is a hash map of FlowKey -> FlowStats");
-        let mut out: Vec<_> = map
-            .iter()
-            .map(|item| item.expect("iterating FLOWS_0"))
-            .collect();
+        let mut out: Vec<_> = MappedTable::of(&self.ebpf, 0)
+            .expect("mapping TABLE_0")
+            .streams();
+        out.extend(map.iter().map(|item| item.expect("iterating FLOWS_0")));
+        let mut keys: Vec<_> = out.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), out.len(), "a stream placed twice: {out:?}");
         let cache: PerCpuArray<_, CacheSlot> =
             PerCpuArray::try_from(self.ebpf.map(names::CACHE[0]).expect("CACHE_0 map"))
                 .expect("CACHE_0 is a per-CPU array of CacheSlot");
@@ -239,7 +252,8 @@ impl Progs {
         out
     }
 
-    /// The generation-1 flow map must stay empty while generation 0 is active.
+    /// The generation-1 table and overflow map must stay empty while generation 0 is
+    /// active.
     fn assert_inactive_generation_empty(&self) {
         let map: HashMap<_, FlowKey, FlowStats> =
             HashMap::try_from(self.ebpf.map(names::FLOWS[1]).expect("FLOWS_1 map"))
@@ -248,6 +262,12 @@ impl Progs {
             map.keys().count(),
             0,
             "FLOWS_1 written while generation 0 is active"
+        );
+        let table = MappedTable::of(&self.ebpf, 1).expect("mapping TABLE_1");
+        assert_eq!(
+            table.streams().len(),
+            0,
+            "TABLE_1 written while generation 0 is active"
         );
     }
 
@@ -642,11 +662,11 @@ fn a_streams_later_packets_take_the_cpu_cache() {
     for _ in 0..50 {
         p.run(Hook::TcEgress, &frame);
     }
-    // The shared entry took the first packet (and one per CPU the test thread moved
-    // to); the CPU caches the rest, and the drain view adds them up exactly.
-    let map: HashMap<_, FlowKey, FlowStats> =
-        HashMap::try_from(p.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map")).unwrap();
-    let shared: u64 = map.iter().map(|i| i.unwrap().1.packets).sum();
+    // The shared entry (its table slot) took the first packet (and one per CPU the
+    // test thread moved to); the CPU caches the rest, and the drain view adds them up
+    // exactly.
+    let table = MappedTable::of(&p.ebpf, 0).expect("mapping TABLE_0");
+    let shared: u64 = table.streams().iter().map(|(_, s)| s.packets).sum();
     assert!((1..50).contains(&shared), "shared entry packets: {shared}");
     p.assert_flows(&[Exp::new(A4, B4, IPPROTO_UDP, Hook::TcEgress)
         .ports(4000, 53)
@@ -1079,4 +1099,145 @@ fn verifier_work_stays_within_budget() {
             "{name}: the verifier processed {insns} instructions (budget {BUDGET}, limit 1,000,000)"
         );
     }
+}
+
+/// Pins the calling thread to `cpu` (false if the machine has no such CPU).
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Two CPUs run the same 5,000 new streams at the same moment, frame for frame: they
+/// race to claim each stream's table slot (compare-and-swap), and a loser counts in
+/// the slot the winner published, or in the overflow map while the slot is still
+/// being written. The drain must report every stream once, with both packets.
+#[test]
+fn cpus_racing_on_new_streams_count_each_once() {
+    let mut p = Progs::load();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    const N: u16 = 5000;
+    let frames: Vec<Vec<u8>> = (1..=N)
+        .map(|sport| eth4(&ip4(IPPROTO_UDP).build(&udp(sport, 53, &payload(20)))))
+        .collect();
+    let start = std::sync::Barrier::new(2);
+    {
+        let prog: &SchedClassifier = p
+            .ebpf
+            .program(names::TC_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let (frames, start) = (&frames, &start);
+                s.spawn(move || {
+                    pin_to(t % cpus);
+                    start.wait();
+                    for f in frames {
+                        let r = prog
+                            .test_run(TestRunOptions {
+                                data_in: Some(f),
+                                ..TestRunOptions::default()
+                            })
+                            .expect("test run");
+                        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+                    }
+                });
+            }
+        });
+    }
+    let overflow: HashMap<_, FlowKey, FlowStats> =
+        HashMap::try_from(p.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map")).unwrap();
+    let in_overflow = overflow.keys().count();
+    let mut maps = flowlog_agent::drain::FlowMaps::take(&mut p.ebpf, MAX_FLOWS).expect("maps");
+    let drained = maps.switch_and_drain().expect("drain");
+    println!(
+        "{cpus} CPUs: {} streams drained, {in_overflow} overflow entries",
+        drained.flows.len()
+    );
+    assert_eq!(drained.flows.len(), N as usize, "every stream once");
+    let mut ports: Vec<u16> = drained.flows.iter().map(|(k, _)| k.src_port).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), N as usize, "no stream twice");
+    for (k, s) in &drained.flows {
+        assert_eq!(
+            (s.packets, s.bytes),
+            (2, 2 * 48),
+            "stream from port {}: both CPUs' packets",
+            k.src_port
+        );
+    }
+    assert!(drained.skipped.is_empty());
+}
+
+/// A stream placed twice in the table (two slots of one probe run) and once more in
+/// the overflow map (the races above) is drained as one record: counters added, the
+/// earliest first packet, the latest last packet, flags OR'd.
+#[test]
+fn the_drain_merges_a_stream_placed_in_several_places() {
+    let mut p = Progs::load();
+    let mut maps = flowlog_agent::drain::FlowMaps::take(&mut p.ebpf, MAX_FLOWS).expect("maps");
+    let key = |port: u16| FlowKey {
+        ifindex: 7,
+        src_port: port,
+        dst_port: 80,
+        protocol: 6,
+        family: family::IPV4,
+        direction: direction::IN,
+        action: action::ACCEPT,
+        flags: key_flags::PORTS,
+        traffic_path: TRAFFIC_PATH_UNCLASSIFIED,
+        ..FlowKey::default()
+    };
+    let stats = |packets: u64, first: u64, last: u64, flags: u8| FlowStats {
+        packets,
+        bytes: packets * 100,
+        first_ns: first,
+        last_ns: last,
+        tcp_flags: flags,
+        ..FlowStats::default()
+    };
+    let table = maps.table_mut(0);
+    assert!(table.insert(&key(1), &stats(3, 500, 500, 0x02)));
+    assert!(table.insert(&key(1), &stats(4, 400, 400, 0x10)));
+    assert!(table.insert(&key(2), &stats(5, 100, 100, 0x10)));
+    let overflow = maps.overflow_mut(0);
+    overflow
+        .insert(key(1), stats(6, 450, 900, 0x01), 0)
+        .unwrap();
+    overflow
+        .insert(key(3), stats(7, 200, 200, 0x18), 0)
+        .unwrap();
+    maps.set_fill(0, 5).unwrap();
+    let mut drained = maps.switch_and_drain().expect("drain").flows;
+    drained.sort_by_key(|(k, _)| k.src_port);
+    let got: Vec<(u16, u64, u64, u64, u64, u8)> = drained
+        .iter()
+        .map(|(k, s)| {
+            (
+                k.src_port,
+                s.packets,
+                s.bytes,
+                s.first_ns,
+                s.last_ns,
+                s.tcp_flags,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 13, 1300, 400, 900, 0x13),
+            (2, 5, 500, 100, 100, 0x10),
+            (3, 7, 700, 200, 200, 0x18),
+        ]
+    );
+    // The generation was emptied: the next drain of it finds nothing.
+    assert!(maps.switch_and_drain().expect("drain").flows.is_empty());
+    assert!(maps.switch_and_drain().expect("drain").flows.is_empty());
 }

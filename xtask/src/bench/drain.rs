@@ -15,10 +15,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{HashMap, MapData},
-    EbpfLoader,
-};
 use flowlog_agent::{
     drain::FlowMaps,
     instance::{
@@ -28,7 +24,7 @@ use flowlog_agent::{
     record::{InterfaceMeta, RecordFormat},
 };
 use flowlog_common::{
-    action, direction, family, key_flags, names, FlowKey, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
+    action, direction, family, key_flags, FlowKey, FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
 };
 use serde_json::json;
 
@@ -91,19 +87,17 @@ struct Timing {
 }
 
 fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
-    let max = (n.next_power_of_two() as u32).max(65536);
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::FLOWS[0], max)
-        .map_max_entries(names::FLOWS[1], max)
+    let max = (n as u32).max(65536);
+    let mut ebpf = flowlog_agent::loader::sized(max)
         .load(obj)
         .context("loading the eBPF object")?;
+    let mut maps = FlowMaps::take(&mut ebpf, max)?;
     let now_boot = clock(libc::CLOCK_BOOTTIME);
     let t = Instant::now();
     {
-        let mut map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
-            .map_mut(names::FLOWS[0])
-            .context("no FLOWS_0")?
-            .try_into()?;
+        // Placed as the programs place them: table slots by the same probes, the few
+        // whose probes find no slot in the overflow map.
+        let mut overflow = 0;
         for i in 0..n {
             if i.is_multiple_of(10_000) {
                 sys::check_stop()?;
@@ -116,8 +110,17 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
                 tcp_flags: 0x18,
                 ..FlowStats::default()
             };
-            map.insert(key(i), v, 0)
-                .with_context(|| format!("inserting flow {i} of {n}"))?;
+            let k = key(i);
+            if !maps.table_mut(0).insert(&k, &v) {
+                maps.overflow_mut(0)
+                    .insert(k, v, 0)
+                    .with_context(|| format!("inserting flow {i} of {n}"))?;
+                overflow += 1;
+            }
+        }
+        maps.set_fill(0, n as u64)?;
+        if overflow > 0 {
+            eprintln!("  drain {n}: {overflow} streams in the overflow map");
         }
     }
     let fill = t.elapsed();
@@ -172,15 +175,14 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
             .map_err(|_| anyhow::anyhow!("the writer thread stopped"))
     };
 
-    // The timed part mirrors the agent's `emit_window` (plus `FlowMaps::take`, which
-    // the agent does once at start-up): switch generation (RCU grace period), then
+    // The timed part mirrors the agent's `emit_window`: switch generation (RCU grace
+    // period), then
     // batch by batch: drain from the kernel, render JSON lines, hand
     // every MiB to the writer thread; finally skip counters, SKIPDATA/NODATA, flush.
     let (mut drain_t, mut render_t, mut write_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut bytes = 0usize;
     let t = Instant::now();
     let wall_start = t;
-    let mut maps = FlowMaps::take(&mut ebpf)?;
     let end_ns = end_s * 1_000_000_000;
     let mut w = InstanceWindow::new(end_ns - 60_000_000_000);
     w.members.insert(

@@ -12,8 +12,9 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions},
     sys::{enable_stats, Stats},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
+use flowlog_agent::drain::MappedTable;
 use flowlog_common::{names, FlowKey, FlowStats};
 use serde_json::json;
 
@@ -141,13 +142,27 @@ fn time_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
     Ok(r.duration.as_nanos() as f64)
 }
 
-/// `rule_id` of every stream in `FLOWS_0`.
+/// The object with its flow table sized for `max_flows` and its geometry in `CONFIG`.
+pub fn load_object(obj: &[u8], max_flows: u32) -> Result<Ebpf> {
+    let mut ebpf = flowlog_agent::loader::sized(max_flows)
+        .load(obj)
+        .context("loading the eBPF object")?;
+    flowlog_agent::drain::init_config(&mut ebpf, max_flows)?;
+    Ok(ebpf)
+}
+
+/// `rule_id` of every stream of generation 0 (table slots and overflow entries).
 fn flow_rule_ids(ebpf: &mut Ebpf) -> Result<Vec<u32>> {
+    let mut out: Vec<u32> = MappedTable::of(ebpf, 0)?
+        .streams()
+        .iter()
+        .filter(|(_, s)| s.packets > 0)
+        .map(|(_, s)| s.rule_id)
+        .collect();
     let map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
         .map_mut(names::FLOWS[0])
         .context("no FLOWS_0")?
         .try_into()?;
-    let mut out = Vec::new();
     for item in map.iter() {
         let (_, s) = item?;
         if s.packets > 0 {
@@ -158,6 +173,10 @@ fn flow_rule_ids(ebpf: &mut Ebpf) -> Result<Vec<u32>> {
 }
 
 fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
+    MappedTable::of(ebpf, 0)?.clear();
+    let mut fill: aya::maps::Array<&mut MapData, u64> =
+        ebpf.map_mut(names::FILL).context("no FILL")?.try_into()?;
+    fill.set(0, 0, 0)?;
     let mut map: HashMap<&mut MapData, FlowKey, FlowStats> = ebpf
         .map_mut(names::FLOWS[0])
         .context("no FLOWS_0")?
@@ -259,7 +278,7 @@ pub fn test_run_policy(obj: &[u8], plan: &TestRunPlan) -> Result<(Vec<Row>, serd
             if let Some(cpu) = plan.cpu {
                 sys::pin_thread(cpu)?;
             }
-            let mut ebpf = Ebpf::load(obj).context("loading the eBPF object")?;
+            let mut ebpf = load_object(obj, 65536)?;
             load_classifiers(&mut ebpf, &[names::TC_INGRESS, names::TC_EMPTY])?;
             let mut maps = PolicyMaps::take(&mut ebpf)?;
             let v4 = packet::ipv4_tcp(
@@ -326,7 +345,7 @@ fn test_run_pinned(obj: &[u8], plan: &TestRunPlan) -> Result<(Vec<Row>, serde_js
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let mut ebpf = Ebpf::load(obj).context("loading the eBPF object")?;
+    let mut ebpf = load_object(obj, 65536)?;
     load_classifiers(&mut ebpf, &[names::TC_INGRESS, names::TC_EMPTY])?;
 
     let v4 = packet::ipv4_tcp(
@@ -495,11 +514,7 @@ pub fn in_situ(
         .max()
         .unwrap_or(65536)
         .max(65536);
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::FLOWS[0], max_flows)
-        .map_max_entries(names::FLOWS[1], max_flows)
-        .load(obj)
-        .context("loading the eBPF object")?;
+    let mut ebpf = load_object(obj, max_flows)?;
     load_classifiers(&mut ebpf, &[names::TC_INGRESS, names::TC_EMPTY])?;
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
