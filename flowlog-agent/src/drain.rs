@@ -2,16 +2,18 @@
 //! counting a single increment while traffic flows.
 //!
 //! ```text
-//!   programs ──write──▶ TABLE_<active>          agent
+//!   programs ──write──▶ INDEX_/TABLE_<active>   agent
 //!                       FLOWS_<active>          1. CONFIG[GENERATION] += 1 (parity = active)
 //!                       CACHE_<active>          2. RcuBarrier::synchronize()  (grace period)
 //!                                               3. read FLOWS_<old> (the table's overflow,
 //!                                                  BPF_MAP_LOOKUP_BATCH) and CACHE_<old>,
-//!                                                  then scan TABLE_<old> in its memory
-//!                                                  mapping (no system call per stream),
+//!                                                  then read TABLE_<old>'s FILL[old]
+//!                                                  slots in its memory mapping (in
+//!                                                  order, no system call per stream),
 //!                                                  render, write; read + delete
 //!                                                  SKIPPED_<old>, SKIP_STATS{gen = old}
 //!                                               4. after the records are out: zero
+//!                                                  INDEX_<old>, the used slots of
 //!                                                  TABLE_<old> and FILL[old], clear
 //!                                                  FLOWS_<old> (LOOKUP_AND_DELETE_BATCH)
 //! ```
@@ -25,16 +27,16 @@
 //! switch is reported in the window that ends at this boundary.)
 //!
 //! A stream normally has one place: its table slot, or an overflow entry when its
-//! probes found no slot. Two CPUs racing to place the same new stream can leave it in
-//! both (one found the slot being written and used the overflow map); the agent repeats
-//! the stream's probe sequence in the mapped table and merges the overflow entry into
-//! the slot, and it merges equal keys within a probe window, so every stream is
+//! probes found no index entry. Two CPUs racing to place the same new stream can
+//! leave it in both (one waited in vain for the other's index entry to be published
+//! and used the overflow map); the agent repeats the stream's probe sequence in the
+//! mapped index and merges the overflow entry into the slot, so every stream is
 //! reported once.
 //!
 //! Step 4 is off the boundary's critical path, and the old generation is idle for a
-//! whole window. A
-//! generation that is still uncleared when it is about to become active again (the
-//! agent skipped step 4) is cleared first, so programs never add to stale entries.
+//! whole window. A generation that is still uncleared when it is about to become
+//! active again (the agent skipped step 4) is cleared first, so programs never add to
+//! stale entries.
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
@@ -45,7 +47,7 @@ use std::collections::HashMap as HashMap_;
 
 use flowlog_common::{
     config, counter, names,
-    table::{self, PROBES, SLOT_READY},
+    table::{self, PROBES},
     CacheSlot, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats,
 };
 
@@ -95,43 +97,28 @@ pub enum DrainError {
     Rcu(#[from] RcuError),
 }
 
-/// One generation's flow table (`TABLE_<gen>`, `BPF_F_MMAPABLE`), mapped read-write
-/// into the agent: a drained generation is read and zeroed in memory.
-pub struct MappedTable {
-    ptr: *mut FlowSlot,
-    slots: u32,
-    len: usize,
+/// A `BPF_F_MMAPABLE` array mapped read-write into the agent.
+struct Mapped<T> {
+    ptr: *mut T,
+    len: u32,
+    bytes: usize,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; access goes through
-// `&self`/`&mut self` and the drain protocol (see the module header).
-unsafe impl Send for MappedTable {}
-unsafe impl Sync for MappedTable {}
+// SAFETY: plain shared memory owned by this value; access goes through `&self`/`&mut
+// self` and the drain protocol (see the module header).
+unsafe impl<T> Send for Mapped<T> {}
+unsafe impl<T> Sync for Mapped<T> {}
 
-impl MappedTable {
-    /// Maps a `TABLE_<gen>` array (the mapping keeps the map alive; the fd need not).
-    pub fn new(map: &Array<MapData, FlowSlot>, name: &'static str) -> Result<Self, DrainError> {
-        Self::from_fd(raw_fd(map), map.len(), name)
-    }
-
-    /// Maps generation `g`'s table of a loaded object that still holds its maps
-    /// (tests and benchmarks that read the maps by name).
-    pub fn of(ebpf: &Ebpf, g: u32) -> Result<Self, DrainError> {
-        let name = names::TABLE[g as usize];
-        let map = ebpf.map(name).ok_or(DrainError::MissingMap { name })?;
-        let arr: Array<&MapData, FlowSlot> =
-            Array::try_from(map).map_err(|source| DrainError::MapType { name, source })?;
-        Self::from_fd(arr.map().fd().as_fd().as_raw_fd(), arr.len(), name)
-    }
-
-    fn from_fd(fd: RawFd, slots: u32, name: &'static str) -> Result<Self, DrainError> {
-        let len = (slots as usize * size_of::<FlowSlot>()).next_multiple_of(4096);
+impl<T> Mapped<T> {
+    /// Maps the array behind `fd` (the mapping keeps the map alive).
+    fn new(fd: RawFd, len: u32, name: &'static str) -> Result<Self, DrainError> {
+        let bytes = (len as usize * size_of::<T>()).next_multiple_of(4096);
         // SAFETY: a shared mapping of the map's pages (the kernel checks the length
         // and the map's BPF_F_MMAPABLE flag); unmapped in `drop`.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
@@ -141,95 +128,161 @@ impl MappedTable {
         if ptr == libc::MAP_FAILED {
             return Err(DrainError::Mmap {
                 name,
-                slots,
+                slots: len,
                 source: std::io::Error::last_os_error(),
             });
         }
         Ok(Self {
             ptr: ptr.cast(),
-            slots,
             len,
+            bytes,
         })
     }
 
-    /// The published streams (tests and benchmarks; the agent drains with
+    /// Element `i`, read with a volatile load (the kernel shares the memory).
+    #[inline]
+    fn get(&self, i: u32) -> T {
+        assert!(i < self.len);
+        // SAFETY: `i < len`, inside the mapping; `T` is plain data.
+        unsafe { std::ptr::read_volatile(self.ptr.add(i as usize)) }
+    }
+
+    #[inline]
+    fn set(&mut self, i: u32, v: T) {
+        assert!(i < self.len);
+        // SAFETY: as in `get`.
+        unsafe { std::ptr::write_volatile(self.ptr.add(i as usize), v) }
+    }
+
+    /// Zeroes the first `n` elements.
+    fn clear(&mut self, n: u32) {
+        let n = n.min(self.len) as usize;
+        // SAFETY: inside the mapping, writable; all-zero is a valid `T` here.
+        unsafe { std::ptr::write_bytes(self.ptr, 0, n) };
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
+/// One generation's flow table, mapped into the agent: the hash index (`INDEX_<gen>`)
+/// and the streams' slots (`TABLE_<gen>`, in the order they were placed). A drained
+/// generation is read and zeroed in memory.
+pub struct MappedTable {
+    index: Mapped<u64>,
+    slots: Mapped<FlowSlot>,
+    /// Dups of the maps' fds: the maps stay open (and show in `/proc/PID/fdinfo`).
+    _fds: [std::os::fd::OwnedFd; 2],
+}
+
+fn array_fd<V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<(std::os::fd::OwnedFd, u32), DrainError> {
+    let map = ebpf.map(name).ok_or(DrainError::MissingMap { name })?;
+    let arr: Array<&MapData, V> =
+        Array::try_from(map).map_err(|source| DrainError::MapType { name, source })?;
+    let fd = arr
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DrainError::Mmap {
+            name,
+            slots: arr.len(),
+            source,
+        })?;
+    Ok((fd, arr.len()))
+}
+
+impl MappedTable {
+    /// Maps generation `g`'s index and slots of a loaded object.
+    pub fn of(ebpf: &Ebpf, g: u32) -> Result<Self, DrainError> {
+        let (iname, sname) = (names::INDEX[g as usize], names::TABLE[g as usize]);
+        let (ifd, ilen) = array_fd::<u64>(ebpf, iname)?;
+        let (sfd, slen) = array_fd::<FlowSlot>(ebpf, sname)?;
+        Ok(Self {
+            index: Mapped::new(ifd.as_raw_fd(), ilen, iname)?,
+            slots: Mapped::new(sfd.as_raw_fd(), slen, sname)?,
+            _fds: [ifd, sfd],
+        })
+    }
+
+    /// Slots of the table (`--max-flows`).
+    pub fn slots(&self) -> u32 {
+        self.slots.len
+    }
+
+    /// The streams in the table (tests and benchmarks; the agent drains with
     /// [`FlowMaps::switch`]).
     pub fn streams(&self) -> Vec<(FlowKey, FlowStats)> {
-        (0..self.slots)
-            .map(|i| self.slot(i))
-            .filter(|s| s.state & 0xffff_ffff == SLOT_READY)
+        (0..self.slots.len)
+            .map(|i| self.slots.get(i))
+            .filter(|s| s.stats.packets > 0)
             .map(|s| (s.key, s.stats))
             .collect()
-    }
-
-    pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
-    /// Slot `i`, read with volatile loads (the kernel shares the memory).
-    #[inline]
-    fn slot(&self, i: u32) -> FlowSlot {
-        debug_assert!(i < self.slots);
-        // SAFETY: `i < slots`, inside the mapping; `FlowSlot` is plain data.
-        unsafe { std::ptr::read_volatile(self.ptr.add(i as usize)) }
     }
 
     /// The slot holding `key` (published), by the programs' probe sequence.
     fn find(&self, key: &FlowKey) -> Option<u32> {
         let hash = table::hash(key);
-        let want = table::ready(hash);
-        let mut i = table::home(hash, self.slots);
+        let n = self.index.len;
+        let mut i = table::home(hash, n);
         for _ in 0..PROBES {
-            let s = self.slot(i);
-            if s.state == want && s.key == *key {
-                return Some(i);
-            }
-            if s.state == table::SLOT_EMPTY {
+            let e = self.index.get(i);
+            if e == table::SLOT_EMPTY {
                 return None;
             }
+            let low = e & 0xffff_ffff;
+            if (e >> 32) as u32 == hash && low >= table::SLOT_FIRST {
+                let slot = (low - table::SLOT_FIRST) as u32;
+                if slot < self.slots.len && self.slots.get(slot).key == *key {
+                    return Some(slot);
+                }
+            }
             i += 1;
-            if i >= self.slots {
+            if i >= n {
                 i = 0;
             }
         }
         None
     }
 
-    /// Places a stream as a program would (benchmarks and tests fill tables from user
-    /// space with it). Returns false when its probes find no slot.
-    pub fn insert(&mut self, key: &FlowKey, stats: &FlowStats) -> bool {
+    /// Places a stream in slot `slot` as a program would (benchmarks and tests fill
+    /// tables from user space with it). Returns false when its probes find no entry.
+    pub fn insert(&mut self, slot: u32, key: &FlowKey, stats: &FlowStats) -> bool {
         let hash = table::hash(key);
-        let mut i = table::home(hash, self.slots);
+        let n = self.index.len;
+        let mut i = table::home(hash, n);
         for _ in 0..PROBES {
-            if self.slot(i).state == table::SLOT_EMPTY {
-                let slot = FlowSlot {
-                    state: table::ready(hash),
-                    key: *key,
-                    stats: *stats,
-                };
-                // SAFETY: `i < slots`, inside the mapping.
-                unsafe { std::ptr::write_volatile(self.ptr.add(i as usize), slot) };
+            if self.index.get(i) == table::SLOT_EMPTY {
+                self.slots.set(
+                    slot,
+                    FlowSlot {
+                        key: *key,
+                        stats: *stats,
+                    },
+                );
+                self.index.set(i, table::ready(hash, slot));
                 return true;
             }
             i += 1;
-            if i >= self.slots {
+            if i >= n {
                 i = 0;
             }
         }
         false
     }
 
-    /// Zeroes every slot (the generation must be idle: no program writes it).
-    pub fn clear(&mut self) {
-        // SAFETY: the whole mapping, writable.
-        unsafe { std::ptr::write_bytes(self.ptr.cast::<u8>(), 0, self.len) };
-    }
-}
-
-impl Drop for MappedTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    /// Zeroes the index and the first `fill` slots (the generation must be idle: no
+    /// program writes it).
+    pub fn clear(&mut self, fill: u64) {
+        self.index.clear(self.index.len);
+        self.slots.clear(fill.min(u64::from(u32::MAX)) as u32);
     }
 }
 
@@ -242,7 +295,7 @@ pub fn init_config(ebpf: &mut Ebpf, max_flows: u32) -> Result<(), DrainError> {
     let mut config: Array<&mut MapData, u32> =
         Array::try_from(map).map_err(|source| DrainError::MapType { name, source })?;
     for (slot, v) in [
-        (config::TABLE_SLOTS, table::slots(max_flows)),
+        (config::TABLE_SLOTS, table::index_slots(max_flows)),
         (config::MAX_FLOWS, max_flows),
     ] {
         config.set(slot, v, 0).map_err(DrainError::Switch)?;
@@ -312,11 +365,8 @@ impl FlowMaps {
         adopted: Option<crate::pin::Adopted>,
         shape: u32,
     ) -> Result<Self, DrainError> {
-        let tables = [
-            MappedTable::new(&take(ebpf, names::TABLE[0])?, names::TABLE[0])?,
-            MappedTable::new(&take(ebpf, names::TABLE[1])?, names::TABLE[1])?,
-        ];
-        let slots = tables[0].slots();
+        let tables = [MappedTable::of(ebpf, 0)?, MappedTable::of(ebpf, 1)?];
+        let slots = tables[0].index.len;
         let mut maps = Self {
             tables,
             fill: take(ebpf, names::FILL)?,
@@ -424,17 +474,13 @@ impl FlowMaps {
                 }
             }
         }
-        // Scan from an empty slot, so no run of occupied slots wraps around the scan.
-        let start = (0..table.slots)
-            .find(|&i| table.slot(i).state == table::SLOT_EMPTY)
-            .unwrap_or(0);
+        let fill = self.fill.get(&g, 0).unwrap_or(0);
         Ok(GenerationDrain {
             maps: self,
             gen: g,
-            start,
-            scanned: 0,
+            fill,
+            next: 0,
             pending,
-            merged: Vec::new(),
             extra,
             cached,
         })
@@ -517,7 +563,8 @@ impl FlowMaps {
 
     fn clear(&mut self, gen: u32) -> Result<(), DrainError> {
         let g = gen as usize;
-        self.tables[g].clear();
+        let fill = self.fill.get(&gen, 0).unwrap_or(u64::MAX);
+        self.tables[g].clear(fill);
         self.fill.set(gen, 0, 0).map_err(DrainError::Switch)?;
         let name = names::FLOWS[g];
         let mut cursor = BatchDrain::new(
@@ -576,17 +623,15 @@ fn zero(like: &FlowStats) -> FlowStats {
 }
 
 /// Drains one generation that no program writes any more, batch by batch: its table
-/// slots in memory order, then the overflow streams that have no slot.
+/// slots in the order they were placed, then the overflow streams that have no slot.
 pub struct GenerationDrain<'a> {
     maps: &'a mut FlowMaps,
     gen: u32,
-    /// Slot where the scan starts (an empty one) and slots scanned so far.
-    start: u32,
-    scanned: u32,
+    /// Slots handed out in the window, and the next one to read.
+    fill: u64,
+    next: u32,
     /// Overflow counters of streams that also have a table slot, by slot.
     pending: HashMap_<u32, FlowStats>,
-    /// Slots ahead of the scan already merged into an earlier slot of the same stream.
-    merged: Vec<u32>,
     /// Overflow streams without a table slot, emitted after the table.
     extra: Vec<(FlowKey, FlowStats)>,
     /// The CPUs' cached counters of this generation, added to their streams as they
@@ -600,48 +645,24 @@ impl GenerationDrain<'_> {
     pub fn next_batch(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<bool, DrainError> {
         let start = out.len();
         let table = &self.maps.tables[self.gen as usize];
-        let slots = table.slots;
-        while self.scanned < slots && out.len() - start < BATCH {
-            let mut i = self.start + self.scanned;
-            if i >= slots {
-                i -= slots;
-            }
-            self.scanned += 1;
-            let s = table.slot(i);
-            if s.state & 0xffff_ffff != SLOT_READY {
-                continue;
-            }
-            if let Some(pos) = self.merged.iter().position(|&m| m == i) {
-                self.merged.swap_remove(pos);
+        let end = self.fill.min(u64::from(table.slots())) as u32;
+        while self.next < end && out.len() - start < BATCH {
+            let i = self.next;
+            self.next += 1;
+            let s = table.slots.get(i);
+            // An unused slot (its stream went to the overflow map).
+            if s.stats.packets == 0 {
                 continue;
             }
             let mut stats = s.stats;
-            if let Some(p) = self.pending.remove(&i) {
-                merge(&mut stats, &p);
-            }
-            // The same stream placed twice (two CPUs racing, see the module header) sits
-            // further along the same run of occupied slots.
-            let mut j = i;
-            for _ in 1..PROBES {
-                j += 1;
-                if j >= slots {
-                    j = 0;
-                }
-                let d = table.slot(j);
-                if d.state == table::SLOT_EMPTY {
-                    break;
-                }
-                if d.state == s.state && d.key == s.key {
-                    merge(&mut stats, &d.stats);
-                    if let Some(p) = self.pending.remove(&j) {
-                        merge(&mut stats, &p);
-                    }
-                    self.merged.push(j);
+            if !self.pending.is_empty() {
+                if let Some(p) = self.pending.remove(&i) {
+                    merge(&mut stats, &p);
                 }
             }
             out.push((s.key, stats));
         }
-        let table_done = self.scanned >= slots;
+        let table_done = self.next >= end;
         if table_done {
             out.append(&mut self.extra);
         }

@@ -124,23 +124,17 @@ const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
 /// Slots of the per-CPU stream cache (a power of two).
 pub const CACHE_SLOTS: u32 = 512;
 
-/// One slot of a window's flow table (`TABLE_<gen>`): an open-addressing hash table
-/// laid out in a `BPF_F_MMAPABLE` array, so the agent reads a drained generation
-/// sequentially from memory, with no system call per stream.
-///
-/// `state` is 0 for an empty slot; otherwise `hash << 32 | SLOT_*` (see
-/// [`table`]). A program claims an empty slot with compare-and-swap (`SLOT_WRITING`),
-/// writes `key` and the first packet's `stats`, then publishes it (`SLOT_READY`);
-/// later packets of the stream add to `stats` atomically. A lookup compares the state
-/// word with `hash << 32 | SLOT_READY` before it compares keys.
+/// One slot of a window's flow table (`TABLE_<gen>`, a `BPF_F_MMAPABLE` array): a
+/// stream's key and counters, in the order streams were placed, so the agent reads a
+/// drained generation sequentially from its memory mapping. `stats.packets == 0`: an
+/// unused slot (a slot handed out to an overflow stream).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
-    pub state: u64,
     pub key: FlowKey,
     pub stats: FlowStats,
 }
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 88);
 
 /// The flow table's geometry and the hash that places streams in it (shared by the
 /// programs and the agent, which repeats a lookup to merge the rare stream that two
@@ -148,22 +142,26 @@ const _: () = assert!(core::mem::size_of::<FlowSlot>() == 96);
 pub mod table {
     use super::FlowKey;
 
-    /// Slot states (low 32 bits of [`super::FlowSlot::state`]).
+    /// An index entry (`INDEX_<gen>`) is `hash << 32 | low`, `low` one of these, or
+    /// `SLOT_FIRST + i` once published with its stream in slot `i` of `TABLE_<gen>`.
     pub const SLOT_EMPTY: u64 = 0;
     pub const SLOT_WRITING: u64 = 1;
-    pub const SLOT_READY: u64 = 2;
-    /// Claimed after the window's `max_flows` streams were reached: never read.
-    pub const SLOT_DEAD: u64 = 3;
+    /// Claimed after the window's `max_flows` streams were reached: points nowhere.
+    pub const SLOT_DEAD: u64 = 2;
+    pub const SLOT_FIRST: u64 = 3;
 
-    /// Slots probed from a stream's home slot before it goes to the overflow map.
+    /// Index entries probed from a stream's home entry before it goes to the
+    /// overflow map.
     pub const PROBES: u32 = 16;
 
-    /// Slots of one generation's table for `max_flows` streams: half as many again,
-    /// so the table is at most two-thirds full and linear probes stay short.
-    pub const fn slots(max_flows: u32) -> u32 {
-        let s = max_flows as u64 + max_flows as u64 / 2;
+    /// Entries of one generation's index for `max_flows` streams: twice as many, so
+    /// the index is at most half full and linear probes stay short.
+    pub const fn index_slots(max_flows: u32) -> u32 {
+        let s = max_flows as u64 * 2;
         if s < 16 {
             16
+        } else if s > u32::MAX as u64 {
+            u32::MAX
         } else {
             s as u32
         }
@@ -209,10 +207,10 @@ pub mod table {
         ((hash as u64 * slots as u64) >> 32) as u32
     }
 
-    /// The state word of a published slot holding a stream of `hash`.
+    /// The index entry of a stream of `hash` published in slot `slot`.
     #[inline(always)]
-    pub fn ready(hash: u32) -> u64 {
-        (hash as u64) << 32 | SLOT_READY
+    pub fn ready(hash: u32, slot: u32) -> u64 {
+        (hash as u64) << 32 | (slot as u64 + SLOT_FIRST)
     }
 }
 
@@ -350,7 +348,7 @@ pub mod config {
     /// Unix seconds of the switch before the last: where the idle generation's window
     /// started (a successor that must emit it says so).
     pub const PREV_SWITCH_S: u32 = 8;
-    /// Slots of each flow table generation ([`super::table::slots`] of `MAX_FLOWS`).
+    /// Entries of each flow-table index ([`super::table::index_slots`] of `MAX_FLOWS`).
     pub const TABLE_SLOTS: u32 = 9;
     /// Streams a window may hold (`--max-flows`): table and overflow together.
     pub const MAX_FLOWS: u32 = 10;
@@ -556,10 +554,13 @@ pub mod names {
     pub const VERDICTS: &str = "VERDICTS";
     pub const CACHE: [&str; 2] = ["CACHE_0", "CACHE_1"];
     pub const TABLE: [&str; 2] = ["TABLE_0", "TABLE_1"];
+    pub const INDEX: [&str; 2] = ["INDEX_0", "INDEX_1"];
     /// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`.
     pub const FILL: &str = "FILL";
     /// Every map pinned across agent restarts (all but the kernel log ring).
-    pub const PINNED: [&str; 24] = [
+    pub const PINNED: [&str; 26] = [
+        INDEX[0],
+        INDEX[1],
         TABLE[0],
         TABLE[1],
         FILL,
@@ -696,10 +697,10 @@ mod table_tests {
     }
 
     #[test]
-    fn geometry_leaves_a_third_of_the_slots_free() {
-        assert_eq!(table::slots(65_536), 98_304);
-        assert_eq!(table::slots(1_000_000), 1_500_000);
-        assert_eq!(table::slots(4), 16);
+    fn geometry_leaves_half_the_index_free() {
+        assert_eq!(table::index_slots(65_536), 131_072);
+        assert_eq!(table::index_slots(16_777_216), 33_554_432);
+        assert_eq!(table::index_slots(4), 16);
         assert_eq!(table::overflow(65_536), 4096);
         assert_eq!(table::overflow(1000), 1024);
         assert_eq!(table::overflow(16_777_216), 1_048_576);
@@ -711,23 +712,23 @@ mod table_tests {
             assert!(table::home(u32::MAX, slots) < slots);
             assert_eq!(table::home(0, slots), 0);
         }
-        // 65,536 streams differing only in port and address bits: their home slots in
-        // a 98,304-slot table spread like random ones (a uniform hash fills about
-        // 1 - e^(-2/3) = 48.7% of the slots with 2/3 as many keys).
-        let slots = table::slots(65_536);
+        // 65,536 streams differing only in port and address bits: their home entries
+        // in a 131,072-entry index spread like random ones (a uniform hash fills
+        // about 1 - e^(-1/2) = 39.3% of the entries with half as many keys).
+        let slots = table::index_slots(65_536);
         let mut used = vec![false; slots as usize];
         for i in 0..65_536 {
             used[table::home(table::hash(&key(i)), slots) as usize] = true;
         }
         let frac = used.iter().filter(|u| **u).count() as f64 / f64::from(slots);
-        assert!((0.47..0.50).contains(&frac), "home slots used: {frac}");
+        assert!((0.38..0.41).contains(&frac), "home entries used: {frac}");
     }
 
     #[test]
     fn the_ready_state_carries_the_hash() {
         let h = table::hash(&key(7));
-        assert_eq!(table::ready(h) >> 32, u64::from(h));
-        assert_eq!(table::ready(h) & 0xffff_ffff, table::SLOT_READY);
+        assert_eq!(table::ready(h, 5) >> 32, u64::from(h));
+        assert_eq!(table::ready(h, 5) & 0xffff_ffff, table::SLOT_FIRST + 5);
         assert_ne!(table::hash(&key(7)), table::hash(&key(8)));
     }
 }

@@ -1,10 +1,17 @@
-//! The window's flow table: one shared entry per stream (counters added atomically)
-//! in an open-addressing hash table laid out in a `BPF_F_MMAPABLE` array
-//! (`TABLE_<gen>`, linear probing, slots claimed with compare-and-swap), with a hash
-//! map (`FLOWS_<gen>`) for the few streams whose probes find no slot; two generations
-//! switched by `CONFIG[GENERATION]`; in front of them a per-CPU cache of hot streams;
-//! and the per-interface skip counters of streams that did not fit (the window's
-//! SKIPDATA record).
+//! The window's flow table: one shared entry per stream (counters added atomically),
+//! two generations switched by `CONFIG[GENERATION]`, laid out for a cheap drain:
+//!
+//! - `INDEX_<gen>`: an open-addressing hash index of 8-byte entries
+//!   (`hash << 32 | state`, linear probes, claimed with compare-and-swap), twice as
+//!   many entries as streams, small enough to stay in the CPU caches;
+//! - `TABLE_<gen>`: the streams' keys and counters in a `BPF_F_MMAPABLE` array, in
+//!   the order they were placed (`FILL[gen]` hands out the next slot), which the agent
+//!   reads sequentially from its memory mapping;
+//! - `FLOWS_<gen>`: a small overflow hash map for the streams whose probes found no
+//!   entry;
+//!
+//! in front of them a per-CPU cache of hot streams, and the per-interface skip
+//! counters of streams that did not fit (the window's SKIPDATA record).
 use core::{
     intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg, AtomicOrdering},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
@@ -25,8 +32,7 @@ use flowlog_common::{
 
 use crate::{
     parse::{TCP_FIN, TCP_RST},
-    prog::SCRATCH,
-    prog::{bump, Parsed, CONFIG},
+    prog::{bump, Parsed, CONFIG, SCRATCH},
     select::select,
 };
 
@@ -34,16 +40,22 @@ use crate::{
 pub(crate) const FLOWS_MAX: u32 = 65536;
 pub(crate) const SKIPPED_MAX: u32 = 16384;
 
+/// The hash index of each generation (see the module header).
+#[map(name = "INDEX_0")]
+pub(crate) static INDEX_0: Array<u64> =
+    Array::with_max_entries(table::index_slots(FLOWS_MAX), BPF_F_MMAPABLE);
+#[map(name = "INDEX_1")]
+pub(crate) static INDEX_1: Array<u64> =
+    Array::with_max_entries(table::index_slots(FLOWS_MAX), BPF_F_MMAPABLE);
 /// The streams of a window: one shared slot per stream (not one per CPU), counters
 /// added atomically. Memory does not grow with the CPU count, and the agent reads a
 /// drained generation straight from its memory mapping.
 #[map(name = "TABLE_0")]
-pub(crate) static TABLE_0: Array<FlowSlot> =
-    Array::with_max_entries(table::slots(FLOWS_MAX), BPF_F_MMAPABLE);
+pub(crate) static TABLE_0: Array<FlowSlot> = Array::with_max_entries(FLOWS_MAX, BPF_F_MMAPABLE);
 #[map(name = "TABLE_1")]
-pub(crate) static TABLE_1: Array<FlowSlot> =
-    Array::with_max_entries(table::slots(FLOWS_MAX), BPF_F_MMAPABLE);
-/// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`;
+pub(crate) static TABLE_1: Array<FlowSlot> = Array::with_max_entries(FLOWS_MAX, BPF_F_MMAPABLE);
+/// Per generation: slots of `TABLE_<gen>` handed out (table and overflow streams
+/// alike: an overflow stream leaves its slot unused), against `CONFIG[MAX_FLOWS]`;
 /// the agent zeroes a generation's count when it clears it.
 #[map(name = "FILL")]
 pub(crate) static FILL: Array<u64> = Array::with_max_entries(2, 0);
@@ -122,54 +134,118 @@ fn config_value(slot: u32) -> u32 {
 
 /// Where a stream is in the table, or where it would go.
 enum Probe {
-    /// Its published slot.
+    /// Its slot.
     Found(*mut FlowSlot),
-    /// Not in the table; the index of the first empty slot of its probe sequence.
+    /// Not in the table; the first empty index entry of its probe sequence.
     Empty(u32),
-    /// Not found within [`PROBES`] slots, or another CPU is writing a slot with its
-    /// hash right now: the overflow map.
+    /// Not found within [`PROBES`] entries, or another CPU kept writing an entry with
+    /// its hash: the overflow map.
     Overflow,
 }
 
-/// Linear probing from the stream's home slot. Slots are never freed within a
-/// window, so the first empty slot ends the search. The home slot is checked inline
-/// (where nearly every stream is found); the rest of the sequence runs under
-/// `bpf_loop`, so the verifier checks one probe step once rather than every unrolled
-/// step on every path.
 #[inline(always)]
-fn probe(gen: u32, p: &Parsed, hash: u32, slots: u32) -> Probe {
-    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
-    let want = table::ready(hash);
-    let writing = (hash as u64) << 32 | SLOT_WRITING;
-    let home = table::home(hash, slots);
-    let Some(s) = t.get_ptr_mut(home) else {
-        return Probe::Overflow;
+fn index(gen: u32) -> &'static Array<u64> {
+    if gen == 0 {
+        &INDEX_0
+    } else {
+        &INDEX_1
+    }
+}
+
+#[inline(always)]
+fn slots(gen: u32) -> &'static Array<FlowSlot> {
+    if gen == 0 {
+        &TABLE_0
+    } else {
+        &TABLE_1
+    }
+}
+
+/// Reads an index entry before the slot it points to. On x86 (total store order) a
+/// plain load is enough: the writer's stores of key and counters precede its
+/// publishing exchange, and loads are not reordered. Elsewhere a compare-and-swap of
+/// the entry with itself reads it with a full barrier (the `generic` BPF CPU has no
+/// load-acquire), so a published entry's key is never read stale.
+#[inline(always)]
+fn read_entry(e: *mut u64) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    // SAFETY: a live array element, written only with atomic operations.
+    let v = unsafe { read_volatile(e) };
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    // SAFETY: as above; swapping 0 for 0 leaves any entry as it is.
+    let v = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(e, 0, 0).0
     };
-    // SAFETY: a live array element; `state` is written only with atomic operations
-    // (and `key` only before its slot is published).
-    let st = unsafe { read_volatile(addr_of!((*s).state)) };
-    if st == want && same_key(unsafe { &(*s).key }, &p.key) {
-        return Probe::Found(s);
+    v
+}
+
+/// The slot an index entry of `hash` points to, if it is published and holds `key`.
+#[inline(always)]
+fn entry_slot(gen: u32, e: u64, hash: u32, key: &FlowKey) -> Option<*mut FlowSlot> {
+    if (e >> 32) as u32 != hash || e & 0xffff_ffff < table::SLOT_FIRST {
+        return None;
     }
-    if st == SLOT_EMPTY {
-        return Probe::Empty(home);
+    let s = slots(gen).get_ptr_mut((e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32)?;
+    // SAFETY: a live array element; its key was written before the entry was
+    // published and is not written again in this window.
+    if same_key(unsafe { &(*s).key }, key) {
+        Some(s)
+    } else {
+        None
     }
-    // Walk on from the next slot, or wait at this one while another CPU writes a
-    // stream of the same hash into it (most likely this very stream).
-    let from = if st == writing {
+}
+
+/// The stream's home index entry, checked inline (where nearly every stream is
+/// found), before the frame's facts go to the scratch slot.
+enum Home {
+    Found(*mut FlowSlot),
+    Empty(u32),
+    /// Walk the probe sequence from this entry.
+    Walk(u32),
+    Overflow,
+}
+
+/// Linear probing, step one: the home entry. Entries are never freed within a window,
+/// so the first empty entry ends the search.
+#[inline(always)]
+fn home_probe(gen: u32, key: &FlowKey, hash: u32, n: u32) -> Home {
+    let home = table::home(hash, n);
+    let Some(e) = index(gen).get_ptr_mut(home) else {
+        return Home::Overflow;
+    };
+    let e = read_entry(e);
+    if let Some(s) = entry_slot(gen, e, hash, key) {
+        return Home::Found(s);
+    }
+    if e == SLOT_EMPTY {
+        return Home::Empty(home);
+    }
+    // Walk on from the next entry, or wait at this one while another CPU writes a
+    // stream of the same hash (most likely this very stream).
+    Home::Walk(if e == (hash as u64) << 32 | SLOT_WRITING {
         home
-    } else if home + 1 >= slots {
+    } else if home + 1 >= n {
         0
     } else {
         home + 1
-    };
-    walk(gen, want, writing, from, slots)
+    })
 }
 
-/// The probe sequence from slot `from` (see `probe_step`).
+/// Linear probing, the rest: under `bpf_loop`, so the verifier checks one probe step
+/// once rather than every unrolled step on every path.
 #[inline(always)]
-fn walk(gen: u32, want: u64, writing: u64, from: u32, slots: u32) -> Probe {
-    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
+fn probe(gen: u32, hash: u32, n: u32, home: Home) -> Probe {
+    match home {
+        Home::Found(s) => Probe::Found(s),
+        Home::Empty(i) => Probe::Empty(i),
+        Home::Walk(from) => walk(gen, hash, from, n),
+        Home::Overflow => Probe::Overflow,
+    }
+}
+
+/// The probe sequence from entry `from` (see `probe_step`).
+#[inline(always)]
+fn walk(gen: u32, hash: u32, from: u32, n: u32) -> Probe {
     let Some(q) = SCRATCH.get_ptr_mut(0) else {
         return Probe::Overflow;
     };
@@ -179,14 +255,14 @@ fn walk(gen: u32, want: u64, writing: u64, from: u32, slots: u32) -> Probe {
         write_volatile(
             w,
             ProbeWalk {
-                want,
-                writing,
+                hash,
                 i: from,
-                slots,
+                n,
                 gen,
                 kind: WALK_OVERFLOW,
                 steps: 0,
                 waits: 0,
+                slot: 0,
             },
         );
         // The walk's state stays in the scratch slot (no callback context on the
@@ -198,8 +274,8 @@ fn walk(gen: u32, want: u64, writing: u64, from: u32, slots: u32) -> Probe {
             0,
         );
         match read_volatile(addr_of!((*w).kind)) {
-            WALK_FOUND => t
-                .get_ptr_mut(read_volatile(addr_of!((*w).i)))
+            WALK_FOUND => slots(gen)
+                .get_ptr_mut(read_volatile(addr_of!((*w).slot)))
                 .map_or(Probe::Overflow, Probe::Found),
             WALK_EMPTY => Probe::Empty(read_volatile(addr_of!((*w).i))),
             _ => Probe::Overflow,
@@ -207,9 +283,8 @@ fn walk(gen: u32, want: u64, writing: u64, from: u32, slots: u32) -> Probe {
     }
 }
 
-/// Re-reads of a slot being written before the walk gives up on it (the writer's
-/// window is a few stores; about 1 in 10 of two CPUs' simultaneous first packets of a
-/// stream meets it).
+/// Re-reads of an entry being written before the walk gives up on it (the writer's
+/// window is a few stores).
 const WAITS: u32 = 32;
 
 const WALK_OVERFLOW: u32 = 0;
@@ -220,43 +295,50 @@ const WALK_EMPTY: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct ProbeWalk {
-    want: u64,
-    writing: u64,
-    /// The slot to probe next; where the walk stopped once `kind` is set.
+    hash: u32,
+    /// The entry to probe next; where the walk stopped once `kind` is set.
     i: u32,
-    slots: u32,
+    /// Entries in the index.
+    n: u32,
     gen: u32,
     kind: u32,
-    /// Slots probed, and re-reads of slots being written.
+    /// Entries probed, and re-reads of entries being written.
     steps: u32,
     waits: u32,
+    /// The stream's slot once found.
+    slot: u32,
 }
 
-/// One probe step: returns 1 (stop) at the stream's slot, at an empty slot, after
-/// [`PROBES`] slots, or after [`WAITS`] re-reads of slots that other CPUs were
+/// One probe step: returns 1 (stop) at the stream's entry, at an empty entry, after
+/// [`PROBES`] entries, or after [`WAITS`] re-reads of entries that other CPUs were
 /// writing with the same hash (then the stream counts in the overflow map).
 extern "C" fn probe_step(_n: u32, _ctx: *mut c_void) -> i64 {
     let Some(q) = SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: this CPU's scratch slot, written by `record` and `probe`.
+    // SAFETY: this CPU's scratch slot, written by `record` and `walk`.
     let w = unsafe { &mut (*q).walk };
-    let t = if w.gen == 0 { &TABLE_0 } else { &TABLE_1 };
-    let Some(s) = t.get_ptr_mut(w.i) else {
+    let Some(e) = index(w.gen).get_ptr_mut(w.i) else {
         return 1;
     };
-    // SAFETY: as in `probe`.
-    let st = unsafe { read_volatile(addr_of!((*s).state)) };
-    if st == w.want && same_key(unsafe { &(*s).key }, unsafe { &(*q).p.key }) {
-        w.kind = WALK_FOUND;
-        return 1;
+    let e = read_entry(e);
+    if (e >> 32) as u32 == w.hash && e & 0xffff_ffff >= table::SLOT_FIRST {
+        let slot = (e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32;
+        if let Some(s) = slots(w.gen).get_ptr_mut(slot) {
+            // SAFETY: as in `entry_slot`; `q` is this CPU's scratch copy of the frame.
+            if same_key(unsafe { &(*s).key }, unsafe { &(*q).p.key }) {
+                w.kind = WALK_FOUND;
+                w.slot = slot;
+                return 1;
+            }
+        }
     }
-    if st == SLOT_EMPTY {
+    if e == SLOT_EMPTY {
         w.kind = WALK_EMPTY;
         return 1;
     }
-    if st == w.writing {
-        // Read the slot again: its writer is between claim and publish.
+    if e == (w.hash as u64) << 32 | SLOT_WRITING {
+        // Read the entry again: its writer is between claim and publish.
         w.waits += 1;
         return (w.waits >= WAITS) as i64;
     }
@@ -265,7 +347,7 @@ extern "C" fn probe_step(_n: u32, _ctx: *mut c_void) -> i64 {
         return 1;
     }
     w.i += 1;
-    if w.i >= w.slots {
+    if w.i >= w.n {
         w.i = 0;
     }
     0
@@ -299,12 +381,27 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
             return Recorded::Stream;
         }
     }
-    shared(p, gen, tag, hash, closed, slot)
+    // The shared table: its home entry first, then (from this CPU's scratch copy of
+    // the frame's facts) the rest of the probe sequence or a new stream.
+    let n = config_value(config::TABLE_SLOTS);
+    let home = home_probe(gen, &p.key, hash, n);
+    if let Home::Found(s) = home {
+        // SAFETY: a published slot: its stats are live counters.
+        add(unsafe { addr_of_mut!((*s).stats) }, p, closed);
+        claim(slot, p, tag, hash);
+        return Recorded::Stream;
+    }
+    let Some(p) = crate::prog::to_scratch(p) else {
+        bump(counter::MAP_ERROR);
+        return Recorded::Stream;
+    };
+    shared(p, gen, tag, hash, closed, slot, n, home)
 }
 
 /// A packet of a stream the CPU cache did not hold: its table slot (or overflow
 /// entry), or a new stream's.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn shared(
     p: &Parsed,
     gen: u32,
@@ -312,9 +409,10 @@ fn shared(
     hash: u32,
     closed: u8,
     slot: Option<*mut CacheSlot>,
+    n: u32,
+    home: Home,
 ) -> Recorded {
-    let slots = config_value(config::TABLE_SLOTS);
-    let empty = match probe(gen, p, hash, slots) {
+    let empty = match probe(gen, hash, n, home) {
         Probe::Found(s) => {
             // SAFETY: a published slot: its stats are live counters.
             add(unsafe { addr_of_mut!((*s).stats) }, p, closed);
@@ -353,12 +451,10 @@ fn new_stream(p: &Parsed, gen: u32, tag: u32, hash: u32, empty: u32) -> Recorded
         None
     };
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    let t = if gen == 0 { &TABLE_0 } else { &TABLE_1 };
-    let empty_idx = empty;
-    let empty = if empty == NO_SLOT {
+    let entry = if empty == NO_SLOT {
         None
     } else {
-        t.get_ptr_mut(empty)
+        index(gen).get_ptr_mut(empty)
     };
     // A new stream.
     let Some(traffic_path) = select(p) else {
@@ -389,52 +485,53 @@ fn new_stream(p: &Parsed, gen: u32, tag: u32, hash: u32, empty: u32) -> Recorded
         _pad: 0,
         rule_id: p.rule_id,
     };
-    if let Some(s) = empty {
-        // SAFETY: `s` is a live array element; the state word is only changed with
-        // atomic operations, and the slot's key and stats are written by the one
-        // program whose compare-and-swap claimed it, before it publishes the slot.
+    if let Some(e) = entry {
+        // SAFETY: `e` is a live index entry, only changed with atomic operations; the
+        // slot it will point to is written by the one program whose compare-and-swap
+        // claimed the entry, before it publishes the entry.
         unsafe {
-            let state = addr_of_mut!((*s).state);
             let (_, won) = atomic_cxchg::<
                 u64,
                 { AtomicOrdering::SeqCst },
                 { AtomicOrdering::SeqCst },
-            >(state, SLOT_EMPTY, (hash as u64) << 32 | SLOT_WRITING);
+            >(e, SLOT_EMPTY, (hash as u64) << 32 | SLOT_WRITING);
             if won {
-                if !take_place(gen, max) {
+                let Some(i) = take_place(gen, max) else {
                     // Another CPU placed the window's last stream meanwhile.
-                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, SLOT_DEAD);
+                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
                     return skip(p, gen);
-                }
+                };
+                let Some(s) = slots(gen).get_ptr_mut(i) else {
+                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
+                    bump(counter::MAP_ERROR);
+                    return Recorded::Stream;
+                };
                 write_volatile(addr_of_mut!((*s).key), p.key);
                 write_volatile(addr_of_mut!((*s).stats), fresh);
-                // Publish: a full barrier orders the key and stats before the state.
-                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, table::ready(hash));
+                // Publish: a full barrier orders the key and stats before the entry.
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(
+                    e,
+                    (hash as u64) << 32 | (u64::from(i) + table::SLOT_FIRST),
+                );
                 claim(slot, p, tag, hash);
                 return Recorded::Stream;
             }
-            // Another CPU claimed the slot first, most likely for this very stream:
+            // Another CPU claimed the entry first, most likely for this very stream:
             // wait for it to be published (and walk on if it is another stream's).
-            if let Probe::Found(f) = walk(
-                gen,
-                table::ready(hash),
-                (hash as u64) << 32 | SLOT_WRITING,
-                empty_idx,
-                config_value(config::TABLE_SLOTS),
-            ) {
+            if let Probe::Found(f) = walk(gen, hash, empty, config_value(config::TABLE_SLOTS)) {
                 add(addr_of_mut!((*f).stats), p, closed);
                 claim(slot, p, tag, hash);
                 return Recorded::Stream;
             }
         }
-        // Its slot is being written: count in the overflow map (the agent merges a
+        // Its entry is being written: count in the overflow map (the agent merges a
         // stream found in both).
-        if let Some(e) = flows.get_ptr_mut(&p.key) {
-            add(e, p, closed);
+        if let Some(o) = flows.get_ptr_mut(&p.key) {
+            add(o, p, closed);
             return Recorded::Stream;
         }
     }
-    if !take_place(gen, max) {
+    if take_place(gen, max).is_none() {
         return skip(p, gen);
     }
     match flows.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
@@ -449,14 +546,19 @@ fn new_stream(p: &Parsed, gen: u32, tag: u32, hash: u32, empty: u32) -> Recorded
     Recorded::Stream
 }
 
-/// Counts one more stream in generation `gen`'s window if fewer than `max` are
-/// placed: a compare-and-swap loop (BPF's fetching add needs CPU v3; the object is
+/// Hands out the next slot of generation `gen`'s table if fewer than `max` are
+/// taken: a compare-and-swap loop (BPF's fetching add needs CPU v3; the object is
 /// built for `generic`, whose `cmpxchg` is available), run under `bpf_loop` so the
 /// verifier checks one step. A CPU that loses 8 races in a row (never seen) counts
 /// the stream as skipped, which the SKIPDATA record reports.
 #[inline(always)]
-fn take_place(gen: u32, max: u64) -> bool {
-    let mut t = Take { gen, won: 0, max };
+fn take_place(gen: u32, max: u64) -> Option<u32> {
+    let mut t = Take {
+        gen,
+        won: 0,
+        max,
+        slot: 0,
+    };
     // SAFETY: `take_step` has the callback signature bpf_loop expects and `t`
     // outlives the call.
     unsafe {
@@ -467,7 +569,11 @@ fn take_place(gen: u32, max: u64) -> bool {
             0,
         )
     };
-    t.won != 0
+    if t.won != 0 {
+        Some(t.slot as u32)
+    } else {
+        None
+    }
 }
 
 #[repr(C)]
@@ -475,6 +581,7 @@ struct Take {
     gen: u32,
     won: u32,
     max: u64,
+    slot: u64,
 }
 
 extern "C" fn take_step(_n: u32, ctx: *mut c_void) -> i64 {
@@ -498,6 +605,7 @@ extern "C" fn take_step(_n: u32, ctx: *mut c_void) -> i64 {
     };
     if won {
         t.won = 1;
+        t.slot = cur;
         return 1;
     }
     0

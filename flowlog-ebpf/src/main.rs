@@ -10,9 +10,11 @@
 //!                        ▼
 //!  CONFIG[GENERATION] ─▶ CACHE_<gen> (per CPU, 512 hot streams, plain adds)
 //!                        │  miss ▼
-//!                        TABLE_<gen>  open addressing in a BPF_F_MMAPABLE array,
-//!                        │  linear probes ≤ 16, CAS claim, atomic adds  FlowSlot{state, key, stats}
-//!                        │  no slot ▼
+//!                        INDEX_<gen>  hash index: 8-byte entries, 2 per stream, linear
+//!                        │  probes ≤ 16, CAS claim ─▶ TABLE_<gen>[slot]  FlowSlot{key, stats},
+//!                        │  slots in placement order (FILL[gen]), atomic adds; both
+//!                        │  BPF_F_MMAPABLE arrays the agent reads in place
+//!                        │  no entry ▼
 //!                        FLOWS_<gen>  overflow hash map           FlowKey ─▶ FlowStats
 //!                        │  new stream: IFACES (selection) ▸ PATH_CIDRS + PATH_RULES (path)
 //!                        │  FILL[gen] ≥ CONFIG[MAX_FLOWS]? ─▶ SKIPPED_<gen> (distinct skipped streams)
@@ -40,6 +42,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// `bpf_target_arch` is set by aya-build (the architecture the programs run on).
+#![allow(unexpected_cfgs)]
 
 #[cfg(target_arch = "bpf")]
 mod flows;

@@ -93,37 +93,37 @@ pub(crate) struct Parsed {
 #[inline(always)]
 fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     bump(counter::SEEN);
-    let Some(parsed) = parse(pkt, dir) else {
+    let Some(mut p) = parse(pkt, dir) else {
         bump(counter::UNPLACED);
         return false;
     };
-    let ifindex = parsed.key.ifindex;
-    // The frame's facts go through this CPU's scratch slot: read back from map memory
-    // they are plain unknowns to the verifier, so the parse paths (each with its own
-    // constants and packet pointers) meet in one state here, and the policy and the
-    // flow table are verified about once rather than once per parse path.
-    let Some(q) = SCRATCH.get_ptr_mut(0) else {
-        bump(counter::MAP_ERROR);
-        return false;
-    };
-    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other,
-    // and nothing else uses the slot once this program returns.
-    let q = unsafe { addr_of_mut!((*q).p) };
-    // SAFETY: as above.
-    let p = unsafe {
-        // Field by field: no temporary copy on the (512-byte) stack.
-        write_volatile(addr_of_mut!((*q).key), parsed.key);
-        write_volatile(addr_of_mut!((*q).bytes), parsed.bytes);
-        write_volatile(addr_of_mut!((*q).packets), parsed.packets);
-        write_volatile(addr_of_mut!((*q).tcp_flags), parsed.tcp_flags);
-        write_volatile(addr_of_mut!((*q).rule_id), parsed.rule_id);
-        &mut *q
-    };
-    let drop = decide(p);
-    if record(p) == Recorded::FirstSkip {
-        pkt.warn_overflow(ifindex);
+    let drop = decide(&mut p);
+    if record(&p) == Recorded::FirstSkip {
+        pkt.warn_overflow(p.key.ifindex);
     }
     drop
+}
+
+/// Copies the frame's facts into this CPU's scratch slot. Read back from map memory
+/// they are plain unknowns to the verifier, so the parse paths (each with its own
+/// constants and packet pointers) meet in one state after the copy, and the flow
+/// table's code is verified about once rather than once per parse path. (Only the
+/// CPU-cache miss path pays for the copy.)
+#[inline(always)]
+pub(crate) fn to_scratch(p: &Parsed) -> Option<&'static Parsed> {
+    let q = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other,
+    // and nothing else uses the slot once this program returns.
+    unsafe {
+        let q = addr_of_mut!((*q).p);
+        // Field by field: no temporary copy on the (512-byte) stack.
+        write_volatile(addr_of_mut!((*q).key), p.key);
+        write_volatile(addr_of_mut!((*q).bytes), p.bytes);
+        write_volatile(addr_of_mut!((*q).packets), p.packets);
+        write_volatile(addr_of_mut!((*q).tcp_flags), p.tcp_flags);
+        write_volatile(addr_of_mut!((*q).rule_id), p.rule_id);
+        Some(&*q)
+    }
 }
 
 #[cfg(not(test))]

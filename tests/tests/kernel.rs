@@ -30,7 +30,7 @@ use flowlog_tests::{packet::*, require_root};
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
 /// Instructions the verifier may process per program (see
 /// `verifier_work_stays_within_budget`).
-const VERIFIER_BUDGET: u32 = 1_000_000;
+const VERIFIER_BUDGET: u32 = 800_000;
 /// The agent's default window capacity.
 const MAX_FLOWS: u32 = 65536;
 const XDP_PASS: u32 = 2;
@@ -1175,11 +1175,12 @@ fn cpus_racing_on_new_streams_count_each_once() {
     assert!(drained.skipped.is_empty());
 }
 
-/// A stream placed twice in the table (two slots of one probe run) and once more in
-/// the overflow map (the races above) is drained as one record: counters added, the
-/// earliest first packet, the latest last packet, flags OR'd.
+/// A stream placed both in the table and in the overflow map (the race above, when
+/// the wait for the other CPU's entry runs out) is drained as one record: counters
+/// added, the earliest first packet, the latest last packet, flags OR'd. A slot
+/// handed out to an overflow stream stays unused and is skipped.
 #[test]
-fn the_drain_merges_a_stream_placed_in_several_places() {
+fn the_drain_merges_a_stream_placed_in_two_places() {
     let mut p = Progs::load();
     let mut maps = flowlog_agent::drain::FlowMaps::take(&mut p.ebpf, MAX_FLOWS).expect("maps");
     let key = |port: u16| FlowKey {
@@ -1203,9 +1204,8 @@ fn the_drain_merges_a_stream_placed_in_several_places() {
         ..FlowStats::default()
     };
     let table = maps.table_mut(0);
-    assert!(table.insert(&key(1), &stats(3, 500, 500, 0x02)));
-    assert!(table.insert(&key(1), &stats(4, 400, 400, 0x10)));
-    assert!(table.insert(&key(2), &stats(5, 100, 100, 0x10)));
+    assert!(table.insert(0, &key(1), &stats(7, 400, 500, 0x12)));
+    assert!(table.insert(2, &key(2), &stats(5, 100, 100, 0x10)));
     let overflow = maps.overflow_mut(0);
     overflow
         .insert(key(1), stats(6, 450, 900, 0x01), 0)
@@ -1213,7 +1213,7 @@ fn the_drain_merges_a_stream_placed_in_several_places() {
     overflow
         .insert(key(3), stats(7, 200, 200, 0x18), 0)
         .unwrap();
-    maps.set_fill(0, 5).unwrap();
+    maps.set_fill(0, 4).unwrap();
     let mut drained = maps.switch_and_drain().expect("drain").flows;
     drained.sort_by_key(|(k, _)| k.src_port);
     let got: Vec<(u16, u64, u64, u64, u64, u8)> = drained

@@ -111,7 +111,7 @@ fn one(obj: &[u8], n: usize, out: &Path) -> Result<Timing> {
                 ..FlowStats::default()
             };
             let k = key(i);
-            if !maps.table_mut(0).insert(&k, &v) {
+            if !maps.table_mut(0).insert(i as u32, &k, &v) {
                 maps.overflow_mut(0)
                     .insert(k, v, 0)
                     .with_context(|| format!("inserting flow {i} of {n}"))?;

@@ -173,7 +173,7 @@ fn flow_rule_ids(ebpf: &mut Ebpf) -> Result<Vec<u32>> {
 }
 
 fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
-    MappedTable::of(ebpf, 0)?.clear();
+    MappedTable::of(ebpf, 0)?.clear(u64::MAX);
     let mut fill: aya::maps::Array<&mut MapData, u64> =
         ebpf.map_mut(names::FILL).context("no FILL")?.try_into()?;
     fill.set(0, 0, 0)?;

@@ -31,8 +31,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Largest `records=N` of the agent's "window emitted" debug lines so far, and
 /// how many such lines there were.
 /// Bytes the flow tables grow by from `--max-flows from` to `to` (kernel 6.x): per
-/// generation the table (`BPF_F_MMAPABLE` array of T(F) = F + F/2 slots of 96 bytes,
-/// page-aligned), its overflow map (preallocated `BPF_MAP_TYPE_HASH` of
+/// generation the index (`BPF_F_MMAPABLE` array of 2F entries of 8 bytes) and the
+/// slots (`BPF_F_MMAPABLE` array of F slots of 88 bytes), page-aligned, the overflow map (preallocated `BPF_MAP_TYPE_HASH` of
 /// O(F) = max(F/16, 1024) entries: per element `struct htab_elem` (48) + key + value
 /// rounded to 8, per bucket 16, buckets = next power of two of the entries) and the
 /// skipped-stream set (hash, S(F) = max(F/4, 1024) entries, key 48, value 1 -> 8).
@@ -44,7 +44,10 @@ pub fn formula_delta(from: u32, to: u32) -> f64 {
     let array = |n: u32, value: u64| (value * u64::from(n)).div_ceil(4096) * 4096;
     let all = |f: u32| {
         let s = skipped_set_size(f);
-        2 * array(table::slots(f), 96) + 2 * htab(table::overflow(f), 48, 40) + 2 * htab(s, 48, 1)
+        2 * array(table::index_slots(f), 8)
+            + 2 * array(f, 88)
+            + 2 * htab(table::overflow(f), 48, 40)
+            + 2 * htab(s, 48, 1)
     };
     all(to) as f64 - all(from) as f64
 }
@@ -205,7 +208,7 @@ pub fn run(
                 "MiB (the README's formula)",
             )
             .note(format!(
-                "measured memlock (ratio: measured / predicted) against the README's formula at --max-flows {max_flows}: the defaults' measured {:.2} MiB plus the growth of 2 x 96 x T + 2 x (136 x O + 16 x P(O)) + 2 x (104 x S + 16 x P(S)) bytes for the two flow-table generations (T = F + F/2 slots, page-aligned), their overflow maps (O = max(F/16, 1024)) and skipped-stream sets (S = max(F/4, 1024), P = next power of two); ratio 1.000 = the formula is exact",
+                "measured memlock (ratio: measured / predicted) against the README's formula at --max-flows {max_flows}: the defaults' measured {:.2} MiB plus the growth of 2 x (8 x 2F + 88 x F) + 2 x (136 x O + 16 x P(O)) + 2 x (104 x S + 16 x P(S)) bytes for the two flow-table generations (index and slots, page-aligned), their overflow maps (O = max(F/16, 1024)) and skipped-stream sets (S = max(F/4, 1024), P = next power of two); ratio 1.000 = the formula is exact",
                 idle_memlock as f64 / MIB
             )),
         );
