@@ -1,12 +1,13 @@
 //! How long the agent's own code takes to drain N live flows at a window boundary and
 //! write them as JSON lines to a file: the same steps as the agent's drain
 //! (`FlowMaps::switch`: generation flip + RCU grace period; `GenerationDrain::next_batch`
-//! (`BPF_MAP_LOOKUP_BATCH`) and `InstanceWindow::stream` per stream, rendering directly
+//! (the generation's slots read from the memory-mapped table) and
+//! `InstanceWindow::stream` per stream, rendering directly
 //! for a flow log whose window ends, the buffer written every MiB;
 //! `GenerationDrain::finish` and `InstanceWindow::finish`), timed per step; then
 //! `FlowMaps::clear_idle` (emptying the drained generation, after the records are
-//! out), timed apart. The flow map is filled from user space (one shared entry per
-//! stream), with max_entries as the agent's `--max-flows` would set them.
+//! out), timed apart. The flow table is filled from user space the way the programs
+//! place streams (`MappedTable::insert`), sized as the agent's `--max-flows` sets it.
 use std::{
     fs,
     io::Write as _,
@@ -283,7 +284,7 @@ pub fn run(
         let total = t.wall.as_secs_f64();
         let floor = (t.render + t.write_busy).as_secs_f64();
         progress(&format!(
-            "  drain {n}: {total:.3} s (switch + batched drain {:.3} s, render {:.3} s, waiting for the writer {:.3} s; the writer busy {:.3} s); fill {:.2} s",
+            "  drain {n}: {total:.3} s (switch + reading the generation {:.3} s, render {:.3} s, waiting for the writer {:.3} s; the writer busy {:.3} s); fill {:.2} s",
             t.drain.as_secs_f64(),
             t.render.as_secs_f64(),
             t.write.as_secs_f64(),
@@ -311,7 +312,7 @@ pub fn run(
             "s (render + write alone, one after the other)",
         )
         .note(format!(
-            "{} records, {:.1} MB of JSON lines, wall time from the switch to the last byte written: take + switch (RCU grace period) {:.3} s, batched read {:.3} s, render {:.3} s, waiting for the writer {:.3} s (a writer thread writes each MiB while the next is rendered, as tokio's File does for the agent's file sinks; its own write time {:.3} s); after the records are out (not counted), emptying the generation took {:.3} s",
+            "{} records, {:.1} MB of JSON lines, wall time from the switch to the last byte written: take + switch (RCU grace period) {:.3} s, reading the mapped table and the overflow map {:.3} s, render {:.3} s, waiting for the writer {:.3} s (a writer thread writes each MiB while the next is rendered, as tokio's File does for the agent's file sinks; its own write time {:.3} s); after the records are out (not counted), emptying the generation took {:.3} s",
             t.records,
             t.bytes as f64 / 1e6,
             t.switch.as_secs_f64(),
@@ -332,7 +333,7 @@ pub fn run(
             total,
             "s (whole drain)",
         )
-        .note("the kernel part of the drain row above: take + switch (RCU grace period) + batched read (BPF_MAP_LOOKUP_BATCH)".to_string());
+        .note("the kernel part of the drain row above: take + switch (RCU grace period) + reading the generation (its slots in the memory-mapped table, its overflow map by BPF_MAP_LOOKUP_BATCH)".to_string());
         if n == 1_000_000 {
             kernel = kernel.target(Target::AtMost(0.1));
         }
