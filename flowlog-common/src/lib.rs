@@ -98,10 +98,11 @@ pub struct FlowStats {
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 
 /// One slot of the per-CPU cache of hot streams (`CACHE_<gen>`): the counters a CPU
-/// added to one stream since it claimed the slot in this window. The stream's entry in
-/// `FLOWS_<gen>` exists (a slot is claimed only after it), and the agent adds the slots
-/// of a generation to those entries when it drains it, so a cached packet costs no
-/// shared-map lookup and no atomic operation.
+/// added to one stream since it claimed the slot in this window. The stream's shared
+/// entry (its `TABLE_<gen>` slot or `FLOWS_<gen>` overflow entry) exists (a cache slot
+/// is claimed only after it), and the agent adds the cache slots of a generation to
+/// those entries when it drains it, so a cached packet costs no shared lookup and no
+/// atomic operation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {
@@ -214,7 +215,7 @@ pub mod table {
     }
 }
 
-/// Key of the per-interface skip counters: what could not be placed in a full flow map.
+/// Key of the per-interface skip counters: what could not be placed in a full window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SkipKey {
@@ -225,7 +226,8 @@ pub struct SkipKey {
 }
 const _: () = assert!(core::mem::size_of::<SkipKey>() == 8);
 
-/// Streams, packets and bytes that could not be recorded because the flow map was full.
+/// Streams, packets and bytes that could not be recorded because the window held
+/// `--max-flows` streams already.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkipStats {

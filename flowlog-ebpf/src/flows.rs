@@ -638,8 +638,9 @@ fn claim(slot: Option<*mut CacheSlot>, p: &Parsed, tag: u32, hash: u32) {
 /// packet); `first_ns` is set when the stream is inserted.
 #[inline(always)]
 pub(crate) fn add(s: *mut FlowStats, p: &Parsed, closed: u8) {
-    // SAFETY: `s` points into a live element of a flow map (RCU keeps it valid for
-    // this program run); every concurrent writer uses the atomic operations below, and
+    // SAFETY: `s` points into a live table slot (an array element) or overflow-map
+    // element (RCU keeps it valid for this program run), 8-aligned in both; every
+    // concurrent writer uses the atomic operations below, and
     // the agent reads this generation only after an RCU grace period that follows the
     // switch away from it. `tcp_flags`, `closed`, `_pad` and `rule_id` form one
     // 8-byte-aligned u64 at offset 32 (see `FlowStats`).
@@ -665,7 +666,7 @@ pub(crate) fn add(s: *mut FlowStats, p: &Parsed, closed: u8) {
     }
 }
 
-/// The flow map is full: count the packet per interface so the window's SKIPDATA
+/// The window is full: count the packet per interface so the window's SKIPDATA
 /// record says what was not recorded.
 #[inline(never)]
 pub(crate) fn skip(p: &Parsed, gen: u32) -> Recorded {

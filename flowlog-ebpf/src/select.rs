@@ -1,4 +1,4 @@
-//! Which new streams get a flow-map entry, and their traffic_path.
+//! Which new streams get a flow-table entry, and their traffic_path.
 //!
 //! Decided once per stream, when its entry would be made (never on the per-packet
 //! path of an existing stream): `IFACES[ifindex]` says what the active flow logs on the
