@@ -434,7 +434,7 @@ fn shared(
             NO_SLOT
         }
     };
-    new_stream(p, gen, tag, hash, empty)
+    new_stream(p, gen, tag, hash, closed, slot, empty)
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -442,14 +442,16 @@ const NO_SLOT: u32 = u32::MAX;
 /// A stream neither the table nor the overflow map holds: selection, the window's
 /// limit, then the empty slot `empty` of its probe sequence (or the overflow map).
 #[inline(always)]
-fn new_stream(p: &Parsed, gen: u32, tag: u32, hash: u32, empty: u32) -> Recorded {
-    let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
-    let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
-    let slot = if closed == 0 {
-        cache.get_ptr_mut(hash & (CACHE_SLOTS - 1))
-    } else {
-        None
-    };
+#[allow(clippy::too_many_arguments)]
+fn new_stream(
+    p: &Parsed,
+    gen: u32,
+    tag: u32,
+    hash: u32,
+    closed: u8,
+    slot: Option<*mut CacheSlot>,
+    empty: u32,
+) -> Recorded {
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
     let entry = if empty == NO_SLOT {
         None
