@@ -230,9 +230,7 @@ impl MappedTable {
     /// The slot holding `key` (published), by the programs' probe sequence.
     fn find(&self, key: &FlowKey) -> Option<u32> {
         let hash = table::hash(key);
-        let n = self.index.len;
-        let mut i = table::home(hash, n);
-        for _ in 0..PROBES {
+        for i in self.probe_sequence(hash) {
             let e = self.index.get(i);
             if e == table::SLOT_EMPTY {
                 return None;
@@ -244,21 +242,23 @@ impl MappedTable {
                     return Some(slot);
                 }
             }
-            i += 1;
-            if i >= n {
-                i = 0;
-            }
         }
         None
+    }
+
+    /// The index entries the programs probe for `hash`, in order: [`PROBES`] entries
+    /// from its home entry, wrapping around.
+    fn probe_sequence(&self, hash: u32) -> impl Iterator<Item = u32> {
+        let n = self.index.len;
+        let home = table::home(hash, n);
+        (0..PROBES).map(move |k| ((u64::from(home) + u64::from(k)) % u64::from(n)) as u32)
     }
 
     /// Places a stream in slot `slot` as a program would (benchmarks and tests fill
     /// tables from user space with it). Returns false when its probes find no entry.
     pub fn insert(&mut self, slot: u32, key: &FlowKey, stats: &FlowStats) -> bool {
         let hash = table::hash(key);
-        let n = self.index.len;
-        let mut i = table::home(hash, n);
-        for _ in 0..PROBES {
+        for i in self.probe_sequence(hash) {
             if self.index.get(i) == table::SLOT_EMPTY {
                 self.slots.set(
                     slot,
@@ -269,10 +269,6 @@ impl MappedTable {
                 );
                 self.index.set(i, table::ready(hash, slot));
                 return true;
-            }
-            i += 1;
-            if i >= n {
-                i = 0;
             }
         }
         false

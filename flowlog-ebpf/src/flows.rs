@@ -181,15 +181,16 @@ fn read_entry(e: *mut u64) -> u64 {
 
 /// The slot an index entry of `hash` points to, if it is published and holds `key`.
 #[inline(always)]
-fn entry_slot(gen: u32, e: u64, hash: u32, key: &FlowKey) -> Option<*mut FlowSlot> {
+fn entry_slot(gen: u32, e: u64, hash: u32, key: &FlowKey) -> Option<(u32, *mut FlowSlot)> {
     if (e >> 32) as u32 != hash || e & 0xffff_ffff < table::SLOT_FIRST {
         return None;
     }
-    let s = slots(gen).get_ptr_mut((e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32)?;
+    let slot = (e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32;
+    let s = slots(gen).get_ptr_mut(slot)?;
     // SAFETY: a live array element; its key was written before the entry was
     // published and is not written again in this window.
     if same_key(unsafe { &(*s).key }, key) {
-        Some(s)
+        Some((slot, s))
     } else {
         None
     }
@@ -214,7 +215,7 @@ fn home_probe(gen: u32, key: &FlowKey, hash: u32, n: u32) -> Home {
         return Home::Overflow;
     };
     let e = read_entry(e);
-    if let Some(s) = entry_slot(gen, e, hash, key) {
+    if let Some((_, s)) = entry_slot(gen, e, hash, key) {
         return Home::Found(s);
     }
     if e == SLOT_EMPTY {
@@ -322,16 +323,11 @@ extern "C" fn probe_step(_n: u32, _ctx: *mut c_void) -> i64 {
         return 1;
     };
     let e = read_entry(e);
-    if (e >> 32) as u32 == w.hash && e & 0xffff_ffff >= table::SLOT_FIRST {
-        let slot = (e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32;
-        if let Some(s) = slots(w.gen).get_ptr_mut(slot) {
-            // SAFETY: as in `entry_slot`; `q` is this CPU's scratch copy of the frame.
-            if same_key(unsafe { &(*s).key }, unsafe { &(*q).p.key }) {
-                w.kind = WALK_FOUND;
-                w.slot = slot;
-                return 1;
-            }
-        }
+    // SAFETY: `q` is this CPU's scratch copy of the frame (see `record`).
+    if let Some((slot, _)) = entry_slot(w.gen, e, w.hash, unsafe { &(*q).p.key }) {
+        w.kind = WALK_FOUND;
+        w.slot = slot;
+        return 1;
     }
     if e == SLOT_EMPTY {
         w.kind = WALK_EMPTY;
