@@ -2,21 +2,25 @@
 //! counting a single increment while traffic flows.
 //!
 //! ```text
-//!   programs ──write──▶ INDEX_/TABLE_<active>   agent
+//!   programs ──write──▶ INDEX/TABLE[active half] agent
 //!                       FLOWS_<active>          1. CONFIG[GENERATION] += 1 (parity = active)
-//!                       CACHE_<active>          2. RcuBarrier::synchronize()  (grace period)
+//!                       CACHE[active half]      2. RcuBarrier::synchronize()  (grace period)
 //!                                               3. read FLOWS_<old> (the table's overflow,
-//!                                                  BPF_MAP_LOOKUP_BATCH) and CACHE_<old>,
-//!                                                  then read TABLE_<old>'s FILL[old]
-//!                                                  slots in its memory mapping (in
-//!                                                  order, no system call per stream),
+//!                                                  BPF_MAP_LOOKUP_BATCH) and CACHE[old half],
+//!                                                  then read FILL[old] slots of
+//!                                                  TABLE[old half] in its memory mapping
+//!                                                  (in order, no system call per stream),
 //!                                                  render, write; read + delete
 //!                                                  SKIPPED_<old>, SKIP_STATS{gen = old}
 //!                                               4. after the records are out: zero
-//!                                                  INDEX_<old>, the used slots of
-//!                                                  TABLE_<old> and FILL[old], clear
+//!                                                  INDEX[old half], the used slots of
+//!                                                  TABLE[old half] and FILL[old], clear
 //!                                                  FLOWS_<old> (LOOKUP_AND_DELETE_BATCH)
 //! ```
+//!
+//! `INDEX`, `TABLE` and `CACHE` hold both generations (generation 1's entries follow
+//! generation 0's): the programs then look them up in one map the verifier knows,
+//! which it inlines.
 //!
 //! Why this is exact: a program reads the generation once, at its start, and the
 //! whole run is one RCU read-side critical section. A program that started before
@@ -97,11 +101,14 @@ pub enum DrainError {
     Rcu(#[from] RcuError),
 }
 
-/// A `BPF_F_MMAPABLE` array mapped read-write into the agent.
+/// A window of a `BPF_F_MMAPABLE` array mapped read-write into the agent.
 struct Mapped<T> {
+    /// The mapping (the whole array).
+    map: *mut libc::c_void,
+    bytes: usize,
+    /// The window's first element and its length.
     ptr: *mut T,
     len: u32,
-    bytes: usize,
 }
 
 // SAFETY: plain shared memory owned by this value; access goes through `&self`/`&mut
@@ -110,9 +117,17 @@ unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    /// Maps the array behind `fd` (the mapping keeps the map alive).
-    fn new(fd: RawFd, len: u32, name: &'static str) -> Result<Self, DrainError> {
-        let bytes = (len as usize * size_of::<T>()).next_multiple_of(4096);
+    /// Maps the array of `total` elements behind `fd` (the mapping keeps the map
+    /// alive); the value gives access to elements `[start, start + len)`.
+    fn new(
+        fd: RawFd,
+        total: u32,
+        start: u32,
+        len: u32,
+        name: &'static str,
+    ) -> Result<Self, DrainError> {
+        assert!(u64::from(start) + u64::from(len) <= u64::from(total));
+        let bytes = (total as usize * size_of::<T>()).next_multiple_of(4096);
         // SAFETY: a shared mapping of the map's pages (the kernel checks the length
         // and the map's BPF_F_MMAPABLE flag); unmapped in `drop`.
         let ptr = unsafe {
@@ -128,14 +143,16 @@ impl<T> Mapped<T> {
         if ptr == libc::MAP_FAILED {
             return Err(DrainError::Mmap {
                 name,
-                slots: len,
+                slots: total,
                 source: std::io::Error::last_os_error(),
             });
         }
         Ok(Self {
-            ptr: ptr.cast(),
-            len,
+            map: ptr,
             bytes,
+            // SAFETY: `start <= total` elements into the mapping (asserted above).
+            ptr: unsafe { ptr.cast::<T>().add(start as usize) },
+            len,
         })
     }
 
@@ -165,16 +182,19 @@ impl<T> Mapped<T> {
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+        unsafe { libc::munmap(self.map, self.bytes) };
     }
 }
 
-/// One generation's flow table, mapped into the agent: the hash index (`INDEX_<gen>`)
-/// and the streams' slots (`TABLE_<gen>`, in the order they were placed). A drained
-/// generation is read and zeroed in memory.
+/// One generation's flow table, mapped into the agent: its half of the hash index
+/// (`INDEX`) and of the streams' slots (`TABLE`, in the order they were placed). A
+/// drained generation is read and zeroed in memory.
 pub struct MappedTable {
     index: Mapped<u64>,
     slots: Mapped<FlowSlot>,
+    /// `TABLE` number of this generation's first slot (index entries count slots of
+    /// both generations together).
+    base: u32,
     /// Dups of the maps' fds: the maps stay open (and show in `/proc/PID/fdinfo`).
     _fds: [std::os::fd::OwnedFd; 2],
 }
@@ -200,14 +220,16 @@ fn array_fd<V: aya::Pod>(
 }
 
 impl MappedTable {
-    /// Maps generation `g`'s index and slots of a loaded object.
+    /// Maps generation `g`'s half of the index and slots of a loaded object.
     pub fn of(ebpf: &Ebpf, g: u32) -> Result<Self, DrainError> {
-        let (iname, sname) = (names::INDEX[g as usize], names::TABLE[g as usize]);
+        let (iname, sname) = (names::INDEX, names::TABLE);
         let (ifd, ilen) = array_fd::<u64>(ebpf, iname)?;
         let (sfd, slen) = array_fd::<FlowSlot>(ebpf, sname)?;
+        let (n, f) = (ilen / 2, slen / 2);
         Ok(Self {
-            index: Mapped::new(ifd.as_raw_fd(), ilen, iname)?,
-            slots: Mapped::new(sfd.as_raw_fd(), slen, sname)?,
+            index: Mapped::new(ifd.as_raw_fd(), ilen, g * n, n, iname)?,
+            slots: Mapped::new(sfd.as_raw_fd(), slen, g * f, f, sname)?,
+            base: g * f,
             _fds: [ifd, sfd],
         })
     }
@@ -236,8 +258,8 @@ impl MappedTable {
                 return None;
             }
             let low = e & 0xffff_ffff;
-            if (e >> 32) as u32 == hash && low >= table::SLOT_FIRST {
-                let slot = (low - table::SLOT_FIRST) as u32;
+            if (e >> 32) as u32 == hash && low >= table::SLOT_FIRST + u64::from(self.base) {
+                let slot = (low - table::SLOT_FIRST) as u32 - self.base;
                 if slot < self.slots.len && self.slots.get(slot).key == *key {
                     return Some(slot);
                 }
@@ -267,7 +289,7 @@ impl MappedTable {
                         stats: *stats,
                     },
                 );
-                self.index.set(i, table::ready(hash, slot));
+                self.index.set(i, table::ready(hash, self.base + slot));
                 return true;
             }
         }
@@ -328,8 +350,9 @@ pub struct FlowMaps {
     active: u32,
     /// `CONFIG[GENERATION]`: the window counter (`& 1` = `active`).
     counter: u32,
-    /// The per-CPU stream caches of the two generations.
-    cache: [PerCpuArray<MapData, CacheSlot>; 2],
+    /// The per-CPU stream caches of the two generations (generation `g`'s slots are
+    /// `g * CACHE_SLOTS ..`).
+    cache: PerCpuArray<MapData, CacheSlot>,
     /// Generations read but not yet cleared (step 4).
     dirty: [bool; 2],
 }
@@ -377,7 +400,7 @@ impl FlowMaps {
             barrier: RcuBarrier::new()?,
             active: 0,
             counter: 0,
-            cache: [take(ebpf, names::CACHE[0])?, take(ebpf, names::CACHE[1])?],
+            cache: take(ebpf, names::CACHE)?,
             dirty: [false; 2],
         };
         match adopted {
@@ -485,9 +508,11 @@ impl FlowMaps {
     /// The per-CPU cache slots of generation `g` tagged `tag`, summed per stream.
     fn cached(&self, g: u32, tag: u32) -> Result<HashMap_<FlowKey, CacheSlot>, DrainError> {
         let mut out: HashMap_<FlowKey, CacheSlot> = HashMap_::new();
-        let name = names::CACHE[g as usize];
-        for i in 0..flowlog_common::CACHE_SLOTS {
-            let per_cpu = self.cache[g as usize]
+        let name = names::CACHE;
+        let slots = flowlog_common::CACHE_SLOTS;
+        for i in g * slots..(g + 1) * slots {
+            let per_cpu = self
+                .cache
                 .get(&i, 0)
                 .map_err(|source| DrainError::Read { name, source })?;
             for slot in per_cpu.iter().filter(|s| s.tag == tag && s.packets > 0) {

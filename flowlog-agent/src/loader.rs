@@ -102,10 +102,12 @@ pub fn skipped_set_size(max_flows: u32) -> u32 {
 pub fn sized<'a>(max_flows: u32) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
-        .map_max_entries(names::INDEX[0], table::index_slots(max_flows))
-        .map_max_entries(names::INDEX[1], table::index_slots(max_flows))
-        .map_max_entries(names::TABLE[0], max_flows)
-        .map_max_entries(names::TABLE[1], max_flows)
+        // Both generations in one map each (see `flowlog_ebpf::flows`).
+        .map_max_entries(
+            names::INDEX,
+            table::index_slots(max_flows).saturating_mul(2),
+        )
+        .map_max_entries(names::TABLE, max_flows.saturating_mul(2))
         .map_max_entries(names::FLOWS[0], table::overflow(max_flows))
         .map_max_entries(names::FLOWS[1], table::overflow(max_flows));
     loader

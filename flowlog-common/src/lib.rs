@@ -97,9 +97,9 @@ pub struct FlowStats {
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 
-/// One slot of the per-CPU cache of hot streams (`CACHE_<gen>`): the counters a CPU
-/// added to one stream since it claimed the slot in this window. The stream's shared
-/// entry (its `TABLE_<gen>` slot or `FLOWS_<gen>` overflow entry) exists (a cache slot
+/// One slot of the per-CPU cache of hot streams (`CACHE`, a generation's half): the
+/// counters a CPU added to one stream since it claimed the slot in this window. The
+/// stream's shared entry (its `TABLE` slot or `FLOWS_<gen>` overflow entry) exists (a cache slot
 /// is claimed only after it), and the agent adds the cache slots of a generation to
 /// those entries when it drains it, so a cached packet costs no shared lookup and no
 /// atomic operation.
@@ -125,7 +125,7 @@ const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
 /// Slots of the per-CPU stream cache (a power of two).
 pub const CACHE_SLOTS: u32 = 512;
 
-/// One slot of a window's flow table (`TABLE_<gen>`, a `BPF_F_MMAPABLE` array): a
+/// One slot of a window's flow table (`TABLE`, a `BPF_F_MMAPABLE` array): a
 /// stream's key and counters, in the order streams were placed, so the agent reads a
 /// drained generation sequentially from its memory mapping. `stats.packets == 0`: an
 /// unused slot (a slot handed out to an overflow stream).
@@ -143,8 +143,10 @@ const _: () = assert!(core::mem::size_of::<FlowSlot>() == 88);
 pub mod table {
     use super::FlowKey;
 
-    /// An index entry (`INDEX_<gen>`) is `hash << 32 | low`, `low` one of these, or
-    /// `SLOT_FIRST + i` once published with its stream in slot `i` of `TABLE_<gen>`.
+    /// An index entry (`INDEX`) is `hash << 32 | low`, `low` one of these, or
+    /// `SLOT_FIRST + i` once published with its stream in slot `i` of `TABLE` (slots
+    /// of both generations are numbered together: generation 1's follow
+    /// generation 0's `max_flows`).
     pub const SLOT_EMPTY: u64 = 0;
     pub const SLOT_WRITING: u64 = 1;
     /// Claimed after the window's `max_flows` streams were reached: points nowhere.
@@ -350,7 +352,8 @@ pub mod config {
     /// Unix seconds of the switch before the last: where the idle generation's window
     /// started (a successor that must emit it says so).
     pub const PREV_SWITCH_S: u32 = 8;
-    /// Entries of each flow-table index ([`super::table::index_slots`] of `MAX_FLOWS`).
+    /// Entries of each generation's flow-table index ([`super::table::index_slots`]
+    /// of `MAX_FLOWS`); generation 1's follow generation 0's in `INDEX`.
     pub const TABLE_SLOTS: u32 = 9;
     /// Streams a window may hold (`--max-flows`): table and overflow together.
     pub const MAX_FLOWS: u32 = 10;
@@ -360,7 +363,7 @@ pub mod config {
 /// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in
@@ -554,20 +557,20 @@ pub mod names {
     pub const PATH_RULES: &str = "PATH_RULES";
     pub const PATH_CIDRS: &str = "PATH_CIDRS";
     pub const VERDICTS: &str = "VERDICTS";
-    pub const CACHE: [&str; 2] = ["CACHE_0", "CACHE_1"];
-    pub const TABLE: [&str; 2] = ["TABLE_0", "TABLE_1"];
-    pub const INDEX: [&str; 2] = ["INDEX_0", "INDEX_1"];
+    /// The per-CPU stream caches, both generations (`CACHE_SLOTS` slots each).
+    pub const CACHE: &str = "CACHE";
+    /// The flow table's slots, both generations (`max_flows` slots each).
+    pub const TABLE: &str = "TABLE";
+    /// The flow table's hash index, both generations (`index_slots(max_flows)` each).
+    pub const INDEX: &str = "INDEX";
     /// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`.
     pub const FILL: &str = "FILL";
     /// Every map pinned across agent restarts (all but the kernel log ring).
-    pub const PINNED: [&str; 26] = [
-        INDEX[0],
-        INDEX[1],
-        TABLE[0],
-        TABLE[1],
+    pub const PINNED: [&str; 23] = [
+        INDEX,
+        TABLE,
         FILL,
-        CACHE[0],
-        CACHE[1],
+        CACHE,
         FLOWS[0],
         FLOWS[1],
         SKIPPED_STREAMS[0],

@@ -1,17 +1,20 @@
 //! The window's flow table: one shared entry per stream (counters added atomically),
 //! two generations switched by `CONFIG[GENERATION]`, laid out for a cheap drain:
 //!
-//! - `INDEX_<gen>`: an open-addressing hash index of 8-byte entries
-//!   (`hash << 32 | state`, linear probes, claimed with compare-and-swap), twice as
-//!   many entries as streams, small enough to stay in the CPU caches;
-//! - `TABLE_<gen>`: the streams' keys and counters in a `BPF_F_MMAPABLE` array, in
-//!   the order they were placed (`FILL[gen]` hands out the next slot), which the agent
-//!   reads sequentially from its memory mapping;
+//! - `INDEX`: an open-addressing hash index of 8-byte entries (`hash << 32 | state`,
+//!   linear probes, claimed with compare-and-swap), twice as many entries as streams
+//!   per generation, small enough to stay in the CPU caches;
+//! - `TABLE`: the streams' keys and counters in a `BPF_F_MMAPABLE` array, each
+//!   generation's half in the order its streams were placed (`FILL[gen]` hands out
+//!   the next slot), which the agent reads sequentially from its memory mapping;
 //! - `FLOWS_<gen>`: a small overflow hash map for the streams whose probes found no
 //!   entry;
 //!
-//! in front of them a per-CPU cache of hot streams, and the per-interface skip
-//! counters of streams that did not fit (the window's SKIPDATA record).
+//! in front of them a per-CPU cache of hot streams (`CACHE`), and the per-interface
+//! skip counters of streams that did not fit (the window's SKIPDATA record).
+//!
+//! The maps read on every packet hold both generations (the generation picks a range
+//! of entries, not a map): the verifier inlines a lookup only when it knows the map.
 use core::{
     intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg, AtomicOrdering},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
@@ -40,21 +43,21 @@ use crate::{
 pub(crate) const FLOWS_MAX: u32 = 65536;
 pub(crate) const SKIPPED_MAX: u32 = 16384;
 
-/// The hash index of each generation (see the module header).
-#[map(name = "INDEX_0")]
-pub(crate) static INDEX_0: Array<u64> =
-    Array::with_max_entries(table::index_slots(FLOWS_MAX), BPF_F_MMAPABLE);
-#[map(name = "INDEX_1")]
-pub(crate) static INDEX_1: Array<u64> =
-    Array::with_max_entries(table::index_slots(FLOWS_MAX), BPF_F_MMAPABLE);
+/// The hash index, both generations: entries `[gen * n, gen * n + n)` are generation
+/// `gen`'s, `n = CONFIG[TABLE_SLOTS]` (see the module header). One map for both (not
+/// one per generation): a lookup whose map is known when the program is verified is
+/// inlined by the verifier, one that picks between two maps is an indirect call
+/// (about 10 ns more per lookup, measured).
+#[map(name = "INDEX")]
+pub(crate) static INDEX: Array<u64> =
+    Array::with_max_entries(2 * table::index_slots(FLOWS_MAX), BPF_F_MMAPABLE);
 /// The streams of a window: one shared slot per stream (not one per CPU), counters
-/// added atomically. Memory does not grow with the CPU count, and the agent reads a
-/// drained generation straight from its memory mapping.
-#[map(name = "TABLE_0")]
-pub(crate) static TABLE_0: Array<FlowSlot> = Array::with_max_entries(FLOWS_MAX, BPF_F_MMAPABLE);
-#[map(name = "TABLE_1")]
-pub(crate) static TABLE_1: Array<FlowSlot> = Array::with_max_entries(FLOWS_MAX, BPF_F_MMAPABLE);
-/// Per generation: slots of `TABLE_<gen>` handed out (table and overflow streams
+/// added atomically; slots `[gen * F, gen * F + F)` are generation `gen`'s,
+/// `F = CONFIG[MAX_FLOWS]`. Memory does not grow with the CPU count, and the agent
+/// reads a drained generation straight from its memory mapping.
+#[map(name = "TABLE")]
+pub(crate) static TABLE: Array<FlowSlot> = Array::with_max_entries(2 * FLOWS_MAX, BPF_F_MMAPABLE);
+/// Per generation: slots of its half of `TABLE` handed out (table and overflow streams
 /// alike: an overflow stream leaves its slot unused), against `CONFIG[MAX_FLOWS]`;
 /// the agent zeroes a generation's count when it clears it.
 #[map(name = "FILL")]
@@ -85,12 +88,11 @@ pub(crate) fn window_counter() -> u32 {
     }
 }
 
-/// Hot streams per CPU, one array per generation: counters added without atomics and
-/// without a shared-map lookup (see `CacheSlot`).
-#[map(name = "CACHE_0")]
-pub(crate) static CACHE_0: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
-#[map(name = "CACHE_1")]
-pub(crate) static CACHE_1: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+/// Hot streams per CPU: slots `[gen * CACHE_SLOTS, gen * CACHE_SLOTS + CACHE_SLOTS)`
+/// are generation `gen`'s; counters added without atomics and without a shared-map
+/// lookup (see `CacheSlot`).
+#[map(name = "CACHE")]
+pub(crate) static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
 
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
@@ -143,21 +145,19 @@ enum Probe {
     Overflow,
 }
 
+/// Entry `i` of the index of the generation whose entries start at `base`.
 #[inline(always)]
-fn index(gen: u32) -> &'static Array<u64> {
-    if gen == 0 {
-        &INDEX_0
-    } else {
-        &INDEX_1
-    }
+fn index_entry(base: u32, i: u32) -> Option<*mut u64> {
+    INDEX.get_ptr_mut(base + i)
 }
 
+/// Where generation `gen`'s entries start in `INDEX` (`n` entries per generation).
 #[inline(always)]
-fn slots(gen: u32) -> &'static Array<FlowSlot> {
+fn index_base(gen: u32, n: u32) -> u32 {
     if gen == 0 {
-        &TABLE_0
+        0
     } else {
-        &TABLE_1
+        n
     }
 }
 
@@ -179,14 +179,15 @@ fn read_entry(e: *mut u64) -> u64 {
     v
 }
 
-/// The slot an index entry of `hash` points to, if it is published and holds `key`.
+/// The slot (of `TABLE`, both generations) an index entry of `hash` points to, if it
+/// is published and holds `key`.
 #[inline(always)]
-fn entry_slot(gen: u32, e: u64, hash: u32, key: &FlowKey) -> Option<(u32, *mut FlowSlot)> {
+fn entry_slot(e: u64, hash: u32, key: &FlowKey) -> Option<(u32, *mut FlowSlot)> {
     if (e >> 32) as u32 != hash || e & 0xffff_ffff < table::SLOT_FIRST {
         return None;
     }
     let slot = (e & 0xffff_ffff) as u32 - table::SLOT_FIRST as u32;
-    let s = slots(gen).get_ptr_mut(slot)?;
+    let s = TABLE.get_ptr_mut(slot)?;
     // SAFETY: a live array element; its key was written before the entry was
     // published and is not written again in this window.
     if same_key(unsafe { &(*s).key }, key) {
@@ -209,13 +210,13 @@ enum Home {
 /// Linear probing, step one: the home entry. Entries are never freed within a window,
 /// so the first empty entry ends the search.
 #[inline(always)]
-fn home_probe(gen: u32, key: &FlowKey, hash: u32, n: u32) -> Home {
+fn home_probe(base: u32, key: &FlowKey, hash: u32, n: u32) -> Home {
     let home = table::home(hash, n);
-    let Some(e) = index(gen).get_ptr_mut(home) else {
+    let Some(e) = index_entry(base, home) else {
         return Home::Overflow;
     };
     let e = read_entry(e);
-    if let Some((_, s)) = entry_slot(gen, e, hash, key) {
+    if let Some((_, s)) = entry_slot(e, hash, key) {
         return Home::Found(s);
     }
     if e == SLOT_EMPTY {
@@ -235,18 +236,18 @@ fn home_probe(gen: u32, key: &FlowKey, hash: u32, n: u32) -> Home {
 /// Linear probing, the rest: under `bpf_loop`, so the verifier checks one probe step
 /// once rather than every unrolled step on every path.
 #[inline(always)]
-fn probe(gen: u32, hash: u32, n: u32, home: Home) -> Probe {
+fn probe(base: u32, hash: u32, n: u32, home: Home) -> Probe {
     match home {
         Home::Found(s) => Probe::Found(s),
         Home::Empty(i) => Probe::Empty(i),
-        Home::Walk(from) => walk(gen, hash, from, n),
+        Home::Walk(from) => walk(base, hash, from, n),
         Home::Overflow => Probe::Overflow,
     }
 }
 
 /// The probe sequence from entry `from` (see `probe_step`).
 #[inline(always)]
-fn walk(gen: u32, hash: u32, from: u32, n: u32) -> Probe {
+fn walk(base: u32, hash: u32, from: u32, n: u32) -> Probe {
     let Some(q) = SCRATCH.get_ptr_mut(0) else {
         return Probe::Overflow;
     };
@@ -259,7 +260,7 @@ fn walk(gen: u32, hash: u32, from: u32, n: u32) -> Probe {
                 hash,
                 i: from,
                 n,
-                gen,
+                base,
                 kind: WALK_OVERFLOW,
                 steps: 0,
                 waits: 0,
@@ -275,7 +276,7 @@ fn walk(gen: u32, hash: u32, from: u32, n: u32) -> Probe {
             0,
         );
         match read_volatile(addr_of!((*w).kind)) {
-            WALK_FOUND => slots(gen)
+            WALK_FOUND => TABLE
                 .get_ptr_mut(read_volatile(addr_of!((*w).slot)))
                 .map_or(Probe::Overflow, Probe::Found),
             WALK_EMPTY => Probe::Empty(read_volatile(addr_of!((*w).i))),
@@ -299,14 +300,15 @@ pub(crate) struct ProbeWalk {
     hash: u32,
     /// The entry to probe next; where the walk stopped once `kind` is set.
     i: u32,
-    /// Entries in the index.
+    /// Entries in the index of one generation.
     n: u32,
-    gen: u32,
+    /// Where the generation's entries start in `INDEX`.
+    base: u32,
     kind: u32,
     /// Entries probed, and re-reads of entries being written.
     steps: u32,
     waits: u32,
-    /// The stream's slot once found.
+    /// The stream's slot (of `TABLE`) once found.
     slot: u32,
 }
 
@@ -319,12 +321,12 @@ extern "C" fn probe_step(_n: u32, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's scratch slot, written by `record` and `walk`.
     let w = unsafe { &mut (*q).walk };
-    let Some(e) = index(w.gen).get_ptr_mut(w.i) else {
+    let Some(e) = index_entry(w.base, w.i) else {
         return 1;
     };
     let e = read_entry(e);
     // SAFETY: `q` is this CPU's scratch copy of the frame (see `record`).
-    if let Some((slot, _)) = entry_slot(w.gen, e, w.hash, unsafe { &(*q).p.key }) {
+    if let Some((slot, _)) = entry_slot(e, w.hash, unsafe { &(*q).p.key }) {
         w.kind = WALK_FOUND;
         w.slot = slot;
         return 1;
@@ -357,10 +359,9 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
     // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
     // packets take the shared entry (they stamp its end time).
-    let cache = if gen == 0 { &CACHE_0 } else { &CACHE_1 };
     let hash = table::hash(&p.key);
     let slot = if closed == 0 {
-        cache.get_ptr_mut(hash & (CACHE_SLOTS - 1))
+        CACHE.get_ptr_mut(gen * CACHE_SLOTS + (hash & (CACHE_SLOTS - 1)))
     } else {
         None
     };
@@ -380,7 +381,8 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     // The shared table: its home entry first, then (from this CPU's scratch copy of
     // the frame's facts) the rest of the probe sequence or a new stream.
     let n = config_value(config::TABLE_SLOTS);
-    let home = home_probe(gen, &p.key, hash, n);
+    let base = index_base(gen, n);
+    let home = home_probe(base, &p.key, hash, n);
     if let Home::Found(s) = home {
         // SAFETY: a published slot: its stats are live counters.
         add(unsafe { addr_of_mut!((*s).stats) }, p, closed);
@@ -408,7 +410,7 @@ fn shared(
     n: u32,
     home: Home,
 ) -> Recorded {
-    let empty = match probe(gen, hash, n, home) {
+    let empty = match probe(index_base(gen, n), hash, n, home) {
         Probe::Found(s) => {
             // SAFETY: a published slot: its stats are live counters.
             add(unsafe { addr_of_mut!((*s).stats) }, p, closed);
@@ -449,10 +451,12 @@ fn new_stream(
     empty: u32,
 ) -> Recorded {
     let flows = if gen == 0 { &FLOWS_0 } else { &FLOWS_1 };
+    let n = config_value(config::TABLE_SLOTS);
+    let base = index_base(gen, n);
     let entry = if empty == NO_SLOT {
         None
     } else {
-        index(gen).get_ptr_mut(empty)
+        index_entry(base, empty)
     };
     // A new stream.
     let Some(traffic_path) = select(p) else {
@@ -499,7 +503,9 @@ fn new_stream(
                     atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
                     return skip(p, gen);
                 };
-                let Some(s) = slots(gen).get_ptr_mut(i) else {
+                // Generation 1's slots follow generation 0's `max`.
+                let i = if gen == 0 { i } else { i + max as u32 };
+                let Some(s) = TABLE.get_ptr_mut(i) else {
                     atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
                     bump(counter::MAP_ERROR);
                     return Recorded::Stream;
@@ -516,7 +522,7 @@ fn new_stream(
             }
             // Another CPU claimed the entry first, most likely for this very stream:
             // wait for it to be published (and walk on if it is another stream's).
-            if let Probe::Found(f) = walk(gen, hash, empty, config_value(config::TABLE_SLOTS)) {
+            if let Probe::Found(f) = walk(base, hash, empty, n) {
                 add(addr_of_mut!((*f).stats), p, closed);
                 claim(slot, p, tag, hash);
                 return Recorded::Stream;

@@ -8,10 +8,10 @@
 //!                        │ parse: Ethernet ▸ 802.1Q/802.1ad ▸ IPv4/IPv6 (+ext hdrs) ▸ L4 ports
 //!                        │ policy: binding ▸ verdict cache / LPM + rule walk / conntrack
 //!                        ▼
-//!  CONFIG[GENERATION] ─▶ CACHE_<gen> (per CPU, 512 hot streams, plain adds)
+//!  CONFIG[GENERATION] ─▶ CACHE[gen half] (per CPU, 512 hot streams, plain adds)
 //!                        │  miss ▼
-//!                        INDEX_<gen>  hash index: 8-byte entries, 2 per stream, linear
-//!                        │  probes ≤ 16, CAS claim ─▶ TABLE_<gen>[slot]  FlowSlot{key, stats},
+//!                        INDEX[gen half]  hash index: 8-byte entries, 2 per stream, linear
+//!                        │  probes ≤ 16, CAS claim ─▶ TABLE[gen half]  FlowSlot{key, stats},
 //!                        │  slots in placement order (FILL[gen]), atomic adds; both
 //!                        │  BPF_F_MMAPABLE arrays the agent reads in place
 //!                        │  no entry ▼

@@ -3,8 +3,9 @@
 //! Each test loads a fresh copy of the embedded eBPF object (so every map starts
 //! empty), loads the TC ingress/egress and XDP programs without attaching them, and
 //! runs hand-built frames through them with `BPF_PROG_TEST_RUN`. It then reads
-//! generation 0 (active at load) of the flow table (`TABLE_0`, memory-mapped, with its
-//! overflow map `FLOWS_0` and the CPUs' stream cache) and the `COUNTERS` array and
+//! generation 0 (active at load) of the flow table (its half of `TABLE`,
+//! memory-mapped, with its overflow map `FLOWS_0` and the CPUs' stream cache) and the
+//! `COUNTERS` array and
 //! checks exact stream keys (addresses, host-order ports, protocol, family, direction,
 //! PORTS flag) and statistics (packets, IP-layer bytes, TCP flags, closed), plus every
 //! error counter. The programs must never drop: TC returns `TC_ACT_UNSPEC`, XDP returns
@@ -223,7 +224,7 @@ impl Progs {
             HashMap::try_from(self.ebpf.map(names::FLOWS[0]).expect("FLOWS_0 map"))
                 .expect("FLOWS_0 is a hash map of FlowKey -> FlowStats");
         let mut out: Vec<_> = MappedTable::of(&self.ebpf, 0)
-            .expect("mapping TABLE_0")
+            .expect("mapping generation 0 of TABLE")
             .streams();
         out.extend(map.iter().map(|item| item.expect("iterating FLOWS_0")));
         let mut keys: Vec<_> = out.iter().map(|(k, _)| *k).collect();
@@ -231,10 +232,11 @@ impl Progs {
         keys.dedup();
         assert_eq!(keys.len(), out.len(), "a stream placed twice: {out:?}");
         let cache: PerCpuArray<_, CacheSlot> =
-            PerCpuArray::try_from(self.ebpf.map(names::CACHE[0]).expect("CACHE_0 map"))
-                .expect("CACHE_0 is a per-CPU array of CacheSlot");
+            PerCpuArray::try_from(self.ebpf.map(names::CACHE).expect("CACHE map"))
+                .expect("CACHE is a per-CPU array of CacheSlot");
+        // Generation 0's half of the cache.
         for i in 0..CACHE_SLOTS {
-            for slot in cache.get(&i, 0).expect("CACHE_0 slot").iter() {
+            for slot in cache.get(&i, 0).expect("CACHE slot").iter() {
                 if slot.tag != 1 || slot.packets == 0 {
                     continue;
                 }
@@ -263,11 +265,11 @@ impl Progs {
             0,
             "FLOWS_1 written while generation 0 is active"
         );
-        let table = MappedTable::of(&self.ebpf, 1).expect("mapping TABLE_1");
+        let table = MappedTable::of(&self.ebpf, 1).expect("mapping generation 1 of TABLE");
         assert_eq!(
             table.streams().len(),
             0,
-            "TABLE_1 written while generation 0 is active"
+            "generation 1 of TABLE written while generation 0 is active"
         );
     }
 
@@ -665,7 +667,7 @@ fn a_streams_later_packets_take_the_cpu_cache() {
     // The shared entry (its table slot) took the first packet (and one per CPU the
     // test thread moved to); the CPU caches the rest, and the drain view adds them up
     // exactly.
-    let table = MappedTable::of(&p.ebpf, 0).expect("mapping TABLE_0");
+    let table = MappedTable::of(&p.ebpf, 0).expect("mapping generation 0 of TABLE");
     let shared: u64 = table.streams().iter().map(|(_, s)| s.packets).sum();
     assert!((1..50).contains(&shared), "shared entry packets: {shared}");
     p.assert_flows(&[Exp::new(A4, B4, IPPROTO_UDP, Hook::TcEgress)

@@ -185,12 +185,11 @@ fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
     for k in &keys {
         map.remove(k)?;
     }
-    // And the CPUs' stream caches, so that the next packets start from an empty window.
+    // And the CPUs' stream caches (generation 0's half), so that the next packets start
+    // from an empty window.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let mut cache: aya::maps::PerCpuArray<&mut MapData, flowlog_common::CacheSlot> = ebpf
-        .map_mut(names::CACHE[0])
-        .context("no CACHE_0")?
-        .try_into()?;
+    let mut cache: aya::maps::PerCpuArray<&mut MapData, flowlog_common::CacheSlot> =
+        ebpf.map_mut(names::CACHE).context("no CACHE")?.try_into()?;
     for i in 0..flowlog_common::CACHE_SLOTS {
         let empty =
             aya::maps::PerCpuValues::try_from(vec![flowlog_common::CacheSlot::default(); cpus])?;
