@@ -128,12 +128,12 @@ pub fn load(cfg: &Config, pins: Option<&Pins>) -> Result<Ebpf, LoadError> {
     if cfg.policy.is_none() {
         // No policy file: nothing can ever be installed (SIGHUP reloads the file given
         // at start), so the policy maps and the conntrack table (8 MiB) get one entry.
-        for name in names::POLICY_BINDINGS
-            .into_iter()
-            .chain(names::POLICY_CIDRS)
-            .chain(names::POLICY_RULES)
-            .chain([names::CONNTRACK])
-        {
+        for name in [
+            names::POLICY_BINDINGS,
+            names::POLICY_CIDRS,
+            names::POLICY_RULES,
+            names::CONNTRACK,
+        ] {
             loader.map_max_entries(name, 1);
         }
     }

@@ -40,7 +40,7 @@ use std::{
 
 use aya::maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, MapError};
 use flowlog_common::{
-    action, config, direction, family, names, policy, CidrKey, PolicyBinding, Rule,
+    action, config, direction, family, names, policy, BindingKey, CidrKey, PolicyBinding, Rule,
 };
 use serde::Deserialize;
 
@@ -541,11 +541,12 @@ impl Policy {
     }
 }
 
-/// The policy maps of the loaded object.
+/// The policy maps of the loaded object (both generations in each, see
+/// [`flowlog_common::policy`]).
 pub struct PolicyMaps {
-    bindings: [HashMap<MapData, u32, PolicyBinding>; 2],
-    cidrs: [LpmTrie<MapData, CidrKey, u64>; 2],
-    rules: [Array<MapData, Rule>; 2],
+    bindings: HashMap<MapData, BindingKey, PolicyBinding>,
+    cidrs: LpmTrie<MapData, CidrKey, u64>,
+    rules: Array<MapData, Rule>,
     config: Array<MapData, u32>,
     barrier: RcuBarrier,
     epoch: u32,
@@ -590,18 +591,9 @@ impl PolicyMaps {
             .get(&flowlog_common::config::POLICY_EPOCH, 0)
             .unwrap_or(0);
         Ok(Self {
-            bindings: [
-                take(ebpf, names::POLICY_BINDINGS[0])?,
-                take(ebpf, names::POLICY_BINDINGS[1])?,
-            ],
-            cidrs: [
-                take(ebpf, names::POLICY_CIDRS[0])?,
-                take(ebpf, names::POLICY_CIDRS[1])?,
-            ],
-            rules: [
-                take(ebpf, names::POLICY_RULES[0])?,
-                take(ebpf, names::POLICY_RULES[1])?,
-            ],
+            bindings: take(ebpf, names::POLICY_BINDINGS)?,
+            cidrs: take(ebpf, names::POLICY_CIDRS)?,
+            rules: take(ebpf, names::POLICY_RULES)?,
             config,
             barrier: RcuBarrier::new()?,
             epoch,
@@ -616,32 +608,40 @@ impl PolicyMaps {
         ifindex: impl Fn(&str) -> Option<u32>,
     ) -> Result<(), ApplyError> {
         let next = self.epoch.wrapping_add(1);
-        let g = (next & 1) as usize;
+        let g = next & 1;
         self.clear(g)?;
+        // This generation's rule sets are numbered from here.
+        let first_set = g * policy::MAX_RULE_SETS;
         let map_err = |name| move |source| ApplyError::Map { name, source };
         let mut bound = 0u32;
         for (set_id, set) in policy.sets.iter().enumerate() {
-            let binding = policy.binding(set_id);
+            let mut binding = policy.binding(set_id);
+            binding.set_id += first_set;
             for iface in &set.interfaces {
                 let Some(ifindex) = ifindex(iface) else {
                     continue;
                 };
-                self.bindings[g]
-                    .insert(ifindex, binding, 0)
-                    .map_err(map_err(names::POLICY_BINDINGS[g]))?;
+                let key = BindingKey {
+                    ifindex,
+                    generation: g,
+                };
+                self.bindings
+                    .insert(key, binding, 0)
+                    .map_err(map_err(names::POLICY_BINDINGS))?;
                 bound += 1;
             }
             for (i, rule) in policy.kernel_rules(set_id).into_iter().enumerate() {
-                let idx = set_id as u32 * policy::MAX_RULES + i as u32;
-                self.rules[g]
+                let idx = binding.set_id * policy::MAX_RULES + i as u32;
+                self.rules
                     .set(idx, rule, 0)
-                    .map_err(map_err(names::POLICY_RULES[g]))?;
+                    .map_err(map_err(names::POLICY_RULES))?;
             }
         }
-        for (prefix, key, bits) in policy.cidr_entries() {
-            self.cidrs[g]
+        for (prefix, mut key, bits) in policy.cidr_entries() {
+            key.set_id += first_set;
+            self.cidrs
                 .insert(&LpmKey::new(prefix, key), bits, 0)
-                .map_err(map_err(names::POLICY_CIDRS[g]))?;
+                .map_err(map_err(names::POLICY_CIDRS))?;
         }
         // Programs read POLICY_BOUND, then POLICY_EPOCH. Ordering the two writes so
         // that every mix a program may see means "old policy" or "new policy": a
@@ -660,36 +660,28 @@ impl PolicyMaps {
         Ok(())
     }
 
-    fn clear(&mut self, g: usize) -> Result<(), ApplyError> {
-        let keys: Vec<u32> =
-            self.bindings[g]
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|source| ApplyError::Map {
-                    name: names::POLICY_BINDINGS[g],
-                    source,
-                })?;
-        for k in keys {
-            self.bindings[g]
+    /// Removes generation `g`'s bindings and CIDR entries (its rules are overwritten
+    /// by index, and only a set's `rule_count` rules are read).
+    fn clear(&mut self, g: u32) -> Result<(), ApplyError> {
+        let err = |name| move |source| ApplyError::Map { name, source };
+        let keys: Vec<BindingKey> = self
+            .bindings
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::POLICY_BINDINGS))?;
+        for k in keys.into_iter().filter(|k| k.generation == g) {
+            self.bindings
                 .remove(&k)
-                .map_err(|source| ApplyError::Map {
-                    name: names::POLICY_BINDINGS[g],
-                    source,
-                })?;
+                .map_err(err(names::POLICY_BINDINGS))?;
         }
-        let keys: Vec<LpmKey<CidrKey>> =
-            self.cidrs[g]
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|source| ApplyError::Map {
-                    name: names::POLICY_CIDRS[g],
-                    source,
-                })?;
-        for k in keys {
-            self.cidrs[g].remove(&k).map_err(|source| ApplyError::Map {
-                name: names::POLICY_CIDRS[g],
-                source,
-            })?;
+        let sets = g * policy::MAX_RULE_SETS..(g + 1) * policy::MAX_RULE_SETS;
+        let keys: Vec<LpmKey<CidrKey>> = self
+            .cidrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::POLICY_CIDRS))?;
+        for k in keys.into_iter().filter(|k| sets.contains(&k.data().set_id)) {
+            self.cidrs.remove(&k).map_err(err(names::POLICY_CIDRS))?;
         }
         Ok(())
     }

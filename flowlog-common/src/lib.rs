@@ -360,7 +360,8 @@ pub mod config {
     pub const COUNT: u32 = 16;
 }
 
-/// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). Pinned
+/// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). 5:
+/// flow table, CPU cache and policy maps hold both generations in one map each. Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
 pub const LAYOUT_VERSION: u32 = 5;
@@ -432,6 +433,13 @@ const _: () = assert!(core::mem::size_of::<PathCidrKey>() == 20);
 /// Security policy as the kernel evaluates it: per interface a binding to a rule set;
 /// per rule set an LPM trie mapping (direction, family, peer address) to the bitmap of
 /// rules whose CIDR contains the address, and an array of rules in priority order.
+///
+/// Two generations (the agent writes the one the programs do not read, then flips
+/// `CONFIG[POLICY_EPOCH]`), each in its part of the same maps: bindings are keyed by
+/// [`super::BindingKey`] (interface and generation), and generation `g`'s rule sets
+/// are numbered from `g * MAX_RULE_SETS` (their CIDR keys and rule indices follow). A
+/// lookup in a map the verifier knows is inlined; one that picks between two maps is
+/// not.
 pub mod policy {
     /// Rules per rule set (one bit each in the LPM value).
     pub const MAX_RULES: u32 = 64;
@@ -439,6 +447,8 @@ pub mod policy {
     pub const MAX_RULE_SETS: u32 = 64;
     /// Entries of the CIDR trie per generation.
     pub const MAX_CIDRS: u32 = 16384;
+    /// Interfaces bound to a rule set, per generation.
+    pub const MAX_BINDINGS: u32 = 4096;
     /// Connections tracked for stateful rule sets (LRU).
     pub const MAX_TRACKED: u32 = 65536;
 
@@ -464,10 +474,22 @@ pub mod policy {
     pub const CIDR_KEY_PREFIX_BITS: u32 = 64;
 }
 
-/// Which rule set governs an interface (`POLICY_BINDINGS_<gen>`, keyed by ifindex).
+/// Key of `POL_BIND`: an interface in one policy generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindingKey {
+    pub ifindex: u32,
+    /// `CONFIG[POLICY_EPOCH] & 1` of the policy the binding belongs to.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<BindingKey>() == 8);
+
+/// Which rule set governs an interface (`POL_BIND`, keyed by [`BindingKey`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyBinding {
+    /// The rule set's number in the map generation: its position in the policy file
+    /// plus `generation * policy::MAX_RULE_SETS`.
     pub set_id: u32,
     /// Rules in the set (`<= policy::MAX_RULES`).
     pub rule_count: u8,
@@ -478,11 +500,12 @@ pub struct PolicyBinding {
 }
 const _: () = assert!(core::mem::size_of::<PolicyBinding>() == 8);
 
-/// Data of the CIDR trie key (`POLICY_CIDRS_<gen>`). The LPM prefix length counts
+/// Data of the CIDR trie key (`POL_CIDR`). The LPM prefix length counts
 /// [`policy::CIDR_KEY_PREFIX_BITS`] plus the CIDR's own prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrKey {
+    /// [`PolicyBinding::set_id`] (generation included).
     pub set_id: u32,
     pub direction: u8,
     pub family: u8,
@@ -493,7 +516,8 @@ pub struct CidrKey {
 }
 const _: () = assert!(core::mem::size_of::<CidrKey>() == 24);
 
-/// One rule (`POLICY_RULES_<gen>`, index `set_id * MAX_RULES + position`).
+/// One rule (`POL_RULE`, index `set_id * MAX_RULES + position`, `set_id` as in
+/// [`PolicyBinding::set_id`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -549,9 +573,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FRAGS: &str = "FRAGS";
-    pub const POLICY_BINDINGS: [&str; 2] = ["POL_BIND_0", "POL_BIND_1"];
-    pub const POLICY_CIDRS: [&str; 2] = ["POL_CIDR_0", "POL_CIDR_1"];
-    pub const POLICY_RULES: [&str; 2] = ["POL_RULE_0", "POL_RULE_1"];
+    /// Policy bindings, CIDR trie and rules: both generations in each (see [`super::policy`]).
+    pub const POLICY_BINDINGS: &str = "POL_BIND";
+    pub const POLICY_CIDRS: &str = "POL_CIDR";
+    pub const POLICY_RULES: &str = "POL_RULE";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const IFACES: &str = "IFACES";
     pub const PATH_RULES: &str = "PATH_RULES";
@@ -566,7 +591,7 @@ pub mod names {
     /// Streams placed per generation (table and overflow), against `CONFIG[MAX_FLOWS]`.
     pub const FILL: &str = "FILL";
     /// Every map pinned across agent restarts (all but the kernel log ring).
-    pub const PINNED: [&str; 23] = [
+    pub const PINNED: [&str; 20] = [
         INDEX,
         TABLE,
         FILL,
@@ -579,12 +604,9 @@ pub mod names {
         CONFIG,
         COUNTERS,
         FRAGS,
-        POLICY_BINDINGS[0],
-        POLICY_BINDINGS[1],
-        POLICY_CIDRS[0],
-        POLICY_CIDRS[1],
-        POLICY_RULES[0],
-        POLICY_RULES[1],
+        POLICY_BINDINGS,
+        POLICY_CIDRS,
+        POLICY_RULES,
         CONNTRACK,
         VERDICTS,
         IFACES,
@@ -611,6 +633,7 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for PolicyBinding {}
+    unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for CidrKey {}
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for CtKey {}
@@ -727,6 +750,59 @@ mod table_tests {
         }
         let frac = used.iter().filter(|u| **u).count() as f64 / f64::from(slots);
         assert!((0.38..0.41).contains(&frac), "home entries used: {frac}");
+    }
+
+    #[test]
+    fn other_key_sets_spread_too() {
+        let slots = table::index_slots(65_536);
+        let spread = |keys: &mut dyn Iterator<Item = FlowKey>| {
+            let mut used = vec![false; slots as usize];
+            for k in keys {
+                used[table::home(table::hash(&k), slots) as usize] = true;
+            }
+            used.iter().filter(|u| **u).count() as f64 / f64::from(slots)
+        };
+        // 65,536 clients of a /16 (one port each) to one server; the replies.
+        let client = |i: u32| {
+            let mut k = FlowKey {
+                ifindex: 2,
+                src_port: 40_000,
+                dst_port: 443,
+                protocol: 6,
+                family: 4,
+                ..FlowKey::default()
+            };
+            k.src_addr[..4].copy_from_slice(&(0x0a01_0000 + i).to_be_bytes());
+            k.dst_addr[..4].copy_from_slice(&0xc0a8_0001u32.to_be_bytes());
+            k
+        };
+        let reply = |i: u32| {
+            let mut k = client(i);
+            core::mem::swap(&mut k.src_addr, &mut k.dst_addr);
+            core::mem::swap(&mut k.src_port, &mut k.dst_port);
+            k.direction = 1;
+            k
+        };
+        // IPv6 hosts differing in the last address word, 16 ports each.
+        let v6 = |i: u32| {
+            let mut k = client(0);
+            k.family = 6;
+            k.src_addr = [0xfd; 16];
+            k.src_addr[12..].copy_from_slice(&(i / 16).to_be_bytes());
+            k.src_port = 1024 + (i % 16) as u16;
+            k
+        };
+        for (name, frac) in [
+            ("clients", spread(&mut (0..65_536).map(client))),
+            ("replies", spread(&mut (0..65_536).map(reply))),
+            ("ipv6", spread(&mut (0..65_536).map(v6))),
+        ] {
+            assert!(
+                (0.38..0.41).contains(&frac),
+                "{name}: home entries used: {frac}"
+            );
+        }
+        assert_ne!(table::hash(&client(5)), table::hash(&reply(5)));
     }
 
     #[test]

@@ -151,14 +151,11 @@ fn index_entry(base: u32, i: u32) -> Option<*mut u64> {
     INDEX.get_ptr_mut(base + i)
 }
 
-/// Where generation `gen`'s entries start in `INDEX` (`n` entries per generation).
+/// Where generation `gen` (0 or 1)'s entries start in `INDEX` (`n` entries per
+/// generation). Without a branch: one verifier state for both generations.
 #[inline(always)]
 fn index_base(gen: u32, n: u32) -> u32 {
-    if gen == 0 {
-        0
-    } else {
-        n
-    }
+    n & gen.wrapping_neg()
 }
 
 /// Reads an index entry before the slot it points to. On x86 (total store order) a
@@ -503,8 +500,9 @@ fn new_stream(
                     atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
                     return skip(p, gen);
                 };
-                // Generation 1's slots follow generation 0's `max`.
-                let i = if gen == 0 { i } else { i + max as u32 };
+                // Generation 1's slots follow generation 0's `max` (no branch, as in
+                // `index_base`).
+                let i = i + (max as u32 & gen.wrapping_neg());
                 let Some(s) = TABLE.get_ptr_mut(i) else {
                     atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, SLOT_DEAD);
                     bump(counter::MAP_ERROR);

@@ -2,8 +2,11 @@
 //! gives the rules whose CIDR contains the peer; the first of them (priority order)
 //! whose protocol and port match decides, else the direction's default. Stateful
 //! sets track connections (LRU) so that replies are accepted; stateless verdicts are
-//! remembered per CPU for the policy epoch. Maps come in two generations switched by
-//! `CONFIG[POLICY_EPOCH]` (the agent writes the inactive one).
+//! remembered per CPU for the policy epoch. The maps hold two generations switched by
+//! `CONFIG[POLICY_EPOCH]` (the agent writes the inactive one): bindings keyed by
+//! interface and generation, generation `g`'s rule sets numbered from
+//! `g * MAX_RULE_SETS` (see `flowlog_common::policy`), so every lookup names one map
+//! the verifier knows (and inlines where it can).
 use aya_ebpf::{
     cty::c_void,
     helpers::generated::bpf_loop,
@@ -11,28 +14,21 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use flowlog_common::{
-    action, counter, direction, key_flags, policy, CidrKey, CtKey, CtValue, FlowKey, PolicyBinding,
-    Rule,
+    action, counter, direction, key_flags, policy, BindingKey, CidrKey, CtKey, CtValue, FlowKey,
+    PolicyBinding, Rule,
 };
 
 use crate::prog::{bump, Parsed, CONFIG};
 
-#[map(name = "POL_BIND_0")]
-pub(crate) static POL_BIND_0: HashMap<u32, PolicyBinding> = HashMap::with_max_entries(4096, 0);
-#[map(name = "POL_BIND_1")]
-pub(crate) static POL_BIND_1: HashMap<u32, PolicyBinding> = HashMap::with_max_entries(4096, 0);
-#[map(name = "POL_CIDR_0")]
-pub(crate) static POL_CIDR_0: LpmTrie<CidrKey, u64> =
-    LpmTrie::with_max_entries(policy::MAX_CIDRS, 0);
-#[map(name = "POL_CIDR_1")]
-pub(crate) static POL_CIDR_1: LpmTrie<CidrKey, u64> =
-    LpmTrie::with_max_entries(policy::MAX_CIDRS, 0);
-#[map(name = "POL_RULE_0")]
-pub(crate) static POL_RULE_0: Array<Rule> =
-    Array::with_max_entries(policy::MAX_RULE_SETS * policy::MAX_RULES, 0);
-#[map(name = "POL_RULE_1")]
-pub(crate) static POL_RULE_1: Array<Rule> =
-    Array::with_max_entries(policy::MAX_RULE_SETS * policy::MAX_RULES, 0);
+#[map(name = "POL_BIND")]
+pub(crate) static POL_BIND: HashMap<BindingKey, PolicyBinding> =
+    HashMap::with_max_entries(2 * policy::MAX_BINDINGS, 0);
+#[map(name = "POL_CIDR")]
+pub(crate) static POL_CIDR: LpmTrie<CidrKey, u64> =
+    LpmTrie::with_max_entries(2 * policy::MAX_CIDRS, 0);
+#[map(name = "POL_RULE")]
+pub(crate) static POL_RULE: Array<Rule> =
+    Array::with_max_entries(2 * policy::MAX_RULE_SETS * policy::MAX_RULES, 0);
 #[map(name = "CONNTRACK")]
 pub(crate) static CONNTRACK: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(policy::MAX_TRACKED, 0);
@@ -54,9 +50,12 @@ pub(crate) fn decide(p: &mut Parsed) -> bool {
         None => 0,
     };
     let g = epoch & 1;
-    let bindings = if g == 0 { &POL_BIND_0 } else { &POL_BIND_1 };
+    let bk = BindingKey {
+        ifindex: p.key.ifindex,
+        generation: g,
+    };
     // SAFETY: read-only use of a value the agent writes only in the inactive generation.
-    let Some(b) = (unsafe { bindings.get(p.key.ifindex) }) else {
+    let Some(b) = (unsafe { POL_BIND.get(&bk) }) else {
         p.rule_id = policy::RULE_NONE;
         return false;
     };
@@ -75,7 +74,7 @@ pub(crate) fn decide(p: &mut Parsed) -> bool {
                 if swap {
                     reverse(&mut p.key);
                 }
-                let (verdict, rule_id) = match_rules(&p.key, &b, g);
+                let (verdict, rule_id) = match_rules(&p.key, &b);
                 if swap {
                     reverse(&mut p.key);
                 }
@@ -101,9 +100,9 @@ pub(crate) fn decide(p: &mut Parsed) -> bool {
         }
     }
     let (verdict, rule_id) = if stateful {
-        match_rules(&p.key, &b, g)
+        match_rules(&p.key, &b)
     } else {
-        cached_match(&p.key, &b, g, epoch)
+        cached_match(&p.key, &b, epoch)
     };
     p.key.action = verdict;
     p.rule_id = rule_id;
@@ -165,8 +164,9 @@ pub(crate) fn ct_key(k: &FlowKey) -> CtKey {
 
 /// First rule, in priority order, whose peer CIDR, protocol and destination port
 /// match; else the direction's default. Bounded: at most `policy::MAX_RULES` rules.
+/// (`b.set_id` names the rule set in the binding's generation.)
 #[inline(always)]
-pub(crate) fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
+pub(crate) fn match_rules(k: &FlowKey, b: &PolicyBinding) -> (u8, u32) {
     let dir = k.direction;
     let default_action = if dir == direction::IN {
         b.default_action[0]
@@ -189,14 +189,12 @@ pub(crate) fn match_rules(k: &FlowKey, b: &PolicyBinding, g: u32) -> (u8, u32) {
             addr: peer,
         },
     );
-    let cidrs = if g == 0 { &POL_CIDR_0 } else { &POL_CIDR_1 };
-    let Some(bits) = cidrs.get(&lpm) else {
+    let Some(bits) = POL_CIDR.get(&lpm) else {
         return default;
     };
     let mut walk = RuleWalk {
         bits: *bits,
         base: b.set_id * policy::MAX_RULES,
-        generation: g,
         dst_port: k.dst_port,
         protocol: k.protocol,
         has_ports: (k.flags & key_flags::PORTS != 0) as u8,
@@ -255,7 +253,7 @@ pub(crate) static VERDICTS: PerCpuArray<VerdictSlot> =
 
 /// [`match_rules`] through the per-CPU verdict cache (stateless rule sets).
 #[inline(always)]
-pub(crate) fn cached_match(k: &FlowKey, b: &PolicyBinding, g: u32, epoch: u32) -> (u8, u32) {
+pub(crate) fn cached_match(k: &FlowKey, b: &PolicyBinding, epoch: u32) -> (u8, u32) {
     let dir = k.direction;
     let peer = if dir == direction::IN {
         k.src_addr
@@ -274,7 +272,7 @@ pub(crate) fn cached_match(k: &FlowKey, b: &PolicyBinding, g: u32, epoch: u32) -
         ^ ((dst_port as u32) << 16 | (k.protocol as u32) << 8 | dir as u32);
     let idx = mix.wrapping_mul(0x9e37_79b1) >> (32 - VERDICT_SLOTS.trailing_zeros());
     let Some(slot) = VERDICTS.get_ptr_mut(idx) else {
-        return match_rules(k, b, g);
+        return match_rules(k, b);
     };
     // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
     let slot = unsafe { &mut *slot };
@@ -290,7 +288,7 @@ pub(crate) fn cached_match(k: &FlowKey, b: &PolicyBinding, g: u32, epoch: u32) -
     {
         return (slot.action, slot.rule_id);
     }
-    let (action, rule_id) = match_rules(k, b, g);
+    let (action, rule_id) = match_rules(k, b);
     *slot = VerdictSlot {
         peer,
         ifindex: k.ifindex,
@@ -312,8 +310,8 @@ pub(crate) fn cached_match(k: &FlowKey, b: &PolicyBinding, g: u32, epoch: u32) -
 pub(crate) struct RuleWalk {
     /// Candidate rules (peer CIDR matched), bit i = i-th rule in priority order.
     bits: u64,
+    /// Index of the set's first rule in `POL_RULE`.
     base: u32,
-    generation: u32,
     dst_port: u16,
     protocol: u8,
     has_ports: u8,
@@ -329,12 +327,7 @@ extern "C" fn rule_step(i: u32, ctx: *mut c_void) -> i64 {
     if i >= policy::MAX_RULES || (w.bits >> i) & 1 == 0 {
         return 0;
     }
-    let rules = if w.generation == 0 {
-        &POL_RULE_0
-    } else {
-        &POL_RULE_1
-    };
-    let Some(r) = rules.get(w.base + i) else {
+    let Some(r) = POL_RULE.get(w.base + i) else {
         return 1;
     };
     if r.protocol_any == 0 && r.protocol != w.protocol {
