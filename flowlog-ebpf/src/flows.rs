@@ -94,6 +94,24 @@ pub(crate) fn window_counter() -> u32 {
 #[map(name = "CACHE")]
 pub(crate) static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
 
+/// The stream's slot in a generation's half of the CPU cache: one multiply over the
+/// xor of the key words the table hash reads (a collision only costs a cache miss;
+/// the table's hash is computed only after one).
+#[inline(always)]
+fn cache_index(k: &FlowKey) -> u32 {
+    let w = k as *const FlowKey as *const u32;
+    // SAFETY: words `< 12` of a 48-byte, 4-aligned struct.
+    let word = |i: usize| unsafe { read_volatile(w.add(i)) };
+    let x = word(0).rotate_left(8)
+        ^ word(1)
+        ^ word(4)
+        ^ word(5).rotate_left(16)
+        ^ word(8).rotate_left(16)
+        ^ word(9)
+        ^ word(10).rotate_left(24);
+    x.wrapping_mul(0x9e37_79b1) >> (32 - CACHE_SLOTS.trailing_zeros())
+}
+
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     // Six 8-byte words: every key compared here sits 8-aligned (in a cache slot, a
@@ -356,9 +374,8 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     let closed = (p.tcp_flags & (TCP_FIN | TCP_RST) != 0) as u8;
     // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
     // packets take the shared entry (they stamp its end time).
-    let hash = table::hash(&p.key);
     let slot = if closed == 0 {
-        CACHE.get_ptr_mut(gen * CACHE_SLOTS + (hash & (CACHE_SLOTS - 1)))
+        CACHE.get_ptr_mut(gen * CACHE_SLOTS + cache_index(&p.key))
     } else {
         None
     };
@@ -367,7 +384,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
         // the agent reads this generation's slots only after the switch away from it
         // and an RCU grace period.
         let c = unsafe { &mut *c };
-        if c.tag == tag && c.hash == hash && same_key(&c.key, &p.key) {
+        if c.tag == tag && same_key(&c.key, &p.key) {
             c.packets += p.packets;
             c.bytes += p.bytes;
             c.tcp_flags |= p.tcp_flags;
@@ -375,6 +392,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
             return Recorded::Stream;
         }
     }
+    let hash = table::hash(&p.key);
     // The shared table: its home entry first, then (from this CPU's scratch copy of
     // the frame's facts) the rest of the probe sequence or a new stream.
     let n = config_value(config::TABLE_SLOTS);
