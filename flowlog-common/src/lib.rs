@@ -618,6 +618,8 @@ pub mod names {
     pub const XDP_INGRESS: &str = "flowlog_xdp_ingress";
     /// An empty TC program: the baseline of the benchmarks.
     pub const TC_EMPTY: &str = "flowlog_tc_empty";
+    /// An empty XDP program: the baseline of the XDP benchmark row.
+    pub const XDP_EMPTY: &str = "flowlog_xdp_empty";
 }
 
 #[cfg(feature = "user")]

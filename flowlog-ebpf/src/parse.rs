@@ -123,6 +123,16 @@ pub(crate) struct Xdp<'a>(pub(crate) &'a XdpContext);
 impl Packet for Xdp<'_> {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        // As for TC: direct access to the frame's first buffer, the helper for
+        // anything else (the later buffers of a multi-buffer frame).
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above; see `Skb::load` for
+            // why the read is typed.
+            #[allow(clippy::cast_ptr_alignment)]
+            return Some(unsafe { core::ptr::read((start + offset) as *const T) });
+        }
         let mut v = core::mem::MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
         let ret = unsafe {

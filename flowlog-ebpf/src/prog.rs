@@ -58,6 +58,12 @@ pub fn flowlog_tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the XDP baseline of `cargo xtask bench`. Never attached by the agent.
+#[xdp]
+pub fn flowlog_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[xdp]
 pub fn flowlog_xdp_ingress(ctx: XdpContext) -> u32 {
     if observe(&Xdp(&ctx), direction::IN) {

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData},
-    programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions},
+    programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions, Xdp},
     sys::{enable_stats, Stats},
     Ebpf,
 };
@@ -27,6 +27,8 @@ use super::{
 
 /// `TC_ACT_UNSPEC` (-1) as the test run reports it.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// `XDP_PASS`.
+const XDP_PASS: u32 = 2;
 
 pub struct TestRunPlan {
     pub rounds: usize,
@@ -127,19 +129,48 @@ pub fn verifier(obj: &[u8], rounds: usize) -> Result<(Vec<Row>, serde_json::Valu
     Ok((rows, samples))
 }
 
-/// Average ns per run the kernel reports for `repeat` runs of `prog` on `frame`.
-fn time_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    if r.return_value != TC_ACT_UNSPEC {
-        bail!("program returned {:#x}, not TC_ACT_UNSPEC", r.return_value);
+/// A program the benchmark runs with `BPF_PROG_TEST_RUN`.
+trait Runnable {
+    /// Average ns per run the kernel reports for `repeat` runs on `frame`; fails
+    /// unless the program passed the frame on.
+    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64>;
+}
+
+fn run_opts(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
+    TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
     }
-    Ok(r.duration.as_nanos() as f64)
+}
+
+impl Runnable for SchedClassifier {
+    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
+        let r = self
+            .test_run(run_opts(frame, repeat))
+            .context("BPF_PROG_TEST_RUN")?;
+        if r.return_value != TC_ACT_UNSPEC {
+            bail!("program returned {:#x}, not TC_ACT_UNSPEC", r.return_value);
+        }
+        Ok(r.duration.as_nanos() as f64)
+    }
+}
+
+impl Runnable for Xdp {
+    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
+        let r = self
+            .test_run(run_opts(frame, repeat))
+            .context("BPF_PROG_TEST_RUN")?;
+        if r.return_value != XDP_PASS {
+            bail!("program returned {}, not XDP_PASS", r.return_value);
+        }
+        Ok(r.duration.as_nanos() as f64)
+    }
+}
+
+/// Average ns per run the kernel reports for `repeat` runs of `prog` on `frame`.
+fn time_run<P: Runnable>(prog: &P, frame: &[u8], repeat: u32) -> Result<f64> {
+    prog.time_run(frame, repeat)
 }
 
 /// The object with its flow table sized for `max_flows` and its geometry in `CONFIG`.
@@ -225,9 +256,9 @@ impl Existing {
 
 /// Existing flow, many repeats: the first run of a test run inserts the stream, the
 /// other `repeat - 1` find it. Rounds alternate which program goes first.
-fn existing_flow(
-    fl: &SchedClassifier,
-    empty: &SchedClassifier,
+fn existing_flow<P: Runnable>(
+    fl: &P,
+    empty: &P,
     frame: &[u8],
     plan: &TestRunPlan,
 ) -> Result<Existing> {
@@ -390,6 +421,35 @@ fn test_run_pinned(obj: &[u8], plan: &TestRunPlan) -> Result<(Vec<Row>, serde_js
             };
             rows.push(row.note(m.note(frame.len(), plan)));
         }
+    }
+    // The XDP program on the same IPv4 frame (same stream key: the test run's
+    // device, ingress), against an empty XDP program.
+    for name in [names::XDP_INGRESS, names::XDP_EMPTY] {
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    {
+        let xdp = |name: &str| -> Result<&Xdp> {
+            ebpf.program(name)
+                .with_context(|| format!("no program {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not an XDP program"))
+        };
+        let m = existing_flow(xdp(names::XDP_INGRESS)?, xdp(names::XDP_EMPTY)?, &v4, plan)?;
+        samples["xdp_ipv4"] = m.samples();
+        rows.push(
+            Row::new(
+                "kernel_ns_per_packet_xdp",
+                m.net(),
+                "ns",
+                m.empty,
+                "ns (empty XDP program)",
+            )
+            .note(format!("XDP program; {}", m.note(v4.len(), plan))),
+        );
     }
 
     // New flow per run: a test run repeats one packet, so every sample is a separate
