@@ -117,8 +117,10 @@ unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    /// Maps the array of `total` elements behind `fd` (the mapping keeps the map
-    /// alive); the value gives access to elements `[start, start + len)`.
+    /// Maps elements `[start, start + len)` of the array of `total` elements behind
+    /// `fd` (the mapping keeps the map alive). Only the pages holding them are mapped:
+    /// the kernel maps an array's pages when the mapping is made, so they all count in
+    /// the agent's RSS.
     fn new(
         fd: RawFd,
         total: u32,
@@ -127,9 +129,13 @@ impl<T> Mapped<T> {
         name: &'static str,
     ) -> Result<Self, DrainError> {
         assert!(u64::from(start) + u64::from(len) <= u64::from(total));
-        let bytes = (total as usize * size_of::<T>()).next_multiple_of(4096);
-        // SAFETY: a shared mapping of the map's pages (the kernel checks the length
-        // and the map's BPF_F_MMAPABLE flag); unmapped in `drop`.
+        const PAGE: usize = 4096;
+        let first = start as usize * size_of::<T>();
+        let end = (start as usize + len as usize) * size_of::<T>();
+        let offset = first - first % PAGE;
+        let bytes = (end - offset).next_multiple_of(PAGE).max(PAGE);
+        // SAFETY: a shared mapping of the map's pages (the kernel checks offset and
+        // length against the map and its BPF_F_MMAPABLE flag); unmapped in `drop`.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -137,7 +143,7 @@ impl<T> Mapped<T> {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -150,8 +156,9 @@ impl<T> Mapped<T> {
         Ok(Self {
             map: ptr,
             bytes,
-            // SAFETY: `start <= total` elements into the mapping (asserted above).
-            ptr: unsafe { ptr.cast::<T>().add(start as usize) },
+            // SAFETY: `first - offset < PAGE` bytes into the mapping, which holds the
+            // `len` elements from there.
+            ptr: unsafe { ptr.cast::<u8>().add(first - offset).cast::<T>() },
             len,
         })
     }
