@@ -28,8 +28,6 @@ pub struct RssPlan {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Largest `records=N` of the agent's "window emitted" debug lines so far, and
-/// how many such lines there were.
 /// Bytes the flow tables grow by from `--max-flows from` to `to` (kernel 6.x): per
 /// generation the index (`BPF_F_MMAPABLE` array of 2F entries of 8 bytes) and the
 /// slots (`BPF_F_MMAPABLE` array of F slots of 88 bytes), page-aligned, the overflow map (preallocated `BPF_MAP_TYPE_HASH` of
@@ -52,15 +50,17 @@ pub fn formula_delta(from: u32, to: u32) -> f64 {
     all(to) as f64 - all(from) as f64
 }
 
+/// Largest `streams=N` of the agent's "drained" debug lines so far (logged once a
+/// window's records are written), and how many such lines there were.
 fn windows_emitted(p: &Proc) -> (usize, usize) {
     let mut count = 0;
     let mut max = 0;
     for l in p.log_lines() {
-        if !l.contains("window emitted") {
+        if !l.contains("drained") {
             continue;
         }
         count += 1;
-        if let Some(rest) = l.split("records=").nth(1) {
+        if let Some(rest) = l.split("streams=").nth(1) {
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
             max = max.max(digits.parse().unwrap_or(0));
         }
@@ -170,7 +170,7 @@ pub fn run(
         });
         let seen = match confirmed {
             Some(r) => format!("a window of {r} records drained and written"),
-            None => "record count not confirmed (no \"window emitted\" debug line)".into(),
+            None => "record count not confirmed (no \"drained\" debug line)".into(),
         };
         let mut row = Row::new(
             &format!("rss_{label}_mib"),
