@@ -28,9 +28,10 @@ pub struct RssPlan {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Bytes the flow tables grow by from `--max-flows from` to `to` (kernel 6.x): per
-/// generation the index (`BPF_F_MMAPABLE` array of 2F entries of 8 bytes) and the
-/// slots (`BPF_F_MMAPABLE` array of F slots of 88 bytes), page-aligned, the overflow map (preallocated `BPF_MAP_TYPE_HASH` of
+/// Bytes the flow tables grow by from `--max-flows from` to `to` (kernel 6.x): the
+/// index (`BPF_F_MMAPABLE` array of 2F entries of 8 bytes per generation) and the
+/// slots (`BPF_F_MMAPABLE` array of F slots of 88 bytes per generation), both
+/// generations in one array each, page-aligned; per generation the overflow map (preallocated `BPF_MAP_TYPE_HASH` of
 /// O(F) = max(F/16, 1024) entries: per element `struct htab_elem` (48) + key + value
 /// rounded to 8, per bucket 16, buckets = next power of two of the entries) and the
 /// skipped-stream set (hash, S(F) = max(F/4, 1024) entries, key 48, value 1 -> 8).
@@ -42,8 +43,8 @@ pub fn formula_delta(from: u32, to: u32) -> f64 {
     let array = |n: u32, value: u64| (value * u64::from(n)).div_ceil(4096) * 4096;
     let all = |f: u32| {
         let s = skipped_set_size(f);
-        2 * array(table::index_slots(f), 8)
-            + 2 * array(f, 88)
+        array(2 * table::index_slots(f), 8)
+            + array(2 * f, 88)
             + 2 * htab(table::overflow(f), 48, 40)
             + 2 * htab(s, 48, 1)
     };
