@@ -1177,6 +1177,67 @@ fn cpus_racing_on_new_streams_count_each_once() {
     assert!(drained.skipped.is_empty());
 }
 
+/// Generation 1 lives in the second half of `INDEX`, `TABLE` and `CACHE`: after a
+/// switch the programs place new streams there (index entries numbering slots after
+/// generation 0's), their later packets go to generation 1's half of the CPU cache,
+/// and the drain reads, merges (with an overflow entry of the same stream, found
+/// through the index) and empties them; generation 0's half stays untouched.
+#[test]
+fn generation_one_uses_its_half_of_every_map() {
+    let mut p = Progs::load();
+    let mut maps = flowlog_agent::drain::FlowMaps::take(&mut p.ebpf, MAX_FLOWS).expect("maps");
+    // Window 1 (generation 0) ends empty; generation 1 is active from here.
+    assert!(maps.switch_and_drain().expect("drain").flows.is_empty());
+    let frame = |sport: u16| eth4(&ip4(IPPROTO_UDP).build(&udp(sport, 53, &payload(20))));
+    for sport in 1..=3u16 {
+        for _ in 0..sport {
+            p.run(Hook::TcEgress, &frame(sport));
+        }
+    }
+    assert!(
+        MappedTable::of(&p.ebpf, 0)
+            .expect("generation 0")
+            .streams()
+            .is_empty(),
+        "generation 0's slots written while generation 1 is active"
+    );
+    // Each stream's first packet is in its slot, the later ones in the CPU cache.
+    let placed = maps.table_mut(1).streams();
+    let mut firsts: Vec<(u16, u64)> = placed
+        .iter()
+        .map(|(k, s)| (k.src_port, s.packets))
+        .collect();
+    firsts.sort();
+    assert_eq!(firsts, vec![(1, 1), (2, 1), (3, 1)]);
+    // Stream 1 also in generation 1's overflow map, as a CPU that lost a race leaves it.
+    let (k1, s1) = *placed
+        .iter()
+        .find(|(k, _)| k.src_port == 1)
+        .expect("stream 1");
+    let extra = FlowStats {
+        packets: 4,
+        bytes: 400,
+        first_ns: s1.first_ns,
+        last_ns: s1.last_ns,
+        tcp_flags: 0,
+        ..FlowStats::default()
+    };
+    maps.overflow_mut(1)
+        .insert(k1, extra, 0)
+        .expect("overflow entry");
+    let mut drained = maps.switch_and_drain().expect("drain").flows;
+    drained.sort_by_key(|(k, _)| k.src_port);
+    let got: Vec<(u16, u64, u64)> = drained
+        .iter()
+        .map(|(k, s)| (k.src_port, s.packets, s.bytes))
+        .collect();
+    // 48 IP bytes per packet (IPv4 20 + UDP 8 + 20).
+    assert_eq!(got, vec![(1, 1 + 4, 48 + 400), (2, 2, 96), (3, 3, 144)]);
+    // Both generations were emptied.
+    assert!(maps.switch_and_drain().expect("drain").flows.is_empty());
+    assert!(maps.switch_and_drain().expect("drain").flows.is_empty());
+}
+
 /// A stream placed both in the table and in the overflow map (the race above, when
 /// the wait for the other CPU's entry runs out) is drained as one record: counters
 /// added, the earliest first packet, the latest last packet, flags OR'd. A slot
