@@ -144,15 +144,20 @@ fn run_opts(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
     }
 }
 
+/// The run's time; fails unless the program returned `pass` (its pass-on verdict).
+fn passed(r: aya::programs::TestRunResult, pass: u32, name: &str) -> Result<f64> {
+    if r.return_value != pass {
+        bail!("program returned {:#x}, not {name}", r.return_value);
+    }
+    Ok(r.duration.as_nanos() as f64)
+}
+
 impl Runnable for SchedClassifier {
     fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
         let r = self
             .test_run(run_opts(frame, repeat))
             .context("BPF_PROG_TEST_RUN")?;
-        if r.return_value != TC_ACT_UNSPEC {
-            bail!("program returned {:#x}, not TC_ACT_UNSPEC", r.return_value);
-        }
-        Ok(r.duration.as_nanos() as f64)
+        passed(r, TC_ACT_UNSPEC, "TC_ACT_UNSPEC")
     }
 }
 
@@ -161,10 +166,7 @@ impl Runnable for Xdp {
         let r = self
             .test_run(run_opts(frame, repeat))
             .context("BPF_PROG_TEST_RUN")?;
-        if r.return_value != XDP_PASS {
-            bail!("program returned {}, not XDP_PASS", r.return_value);
-        }
-        Ok(r.duration.as_nanos() as f64)
+        passed(r, XDP_PASS, "XDP_PASS")
     }
 }
 
