@@ -129,13 +129,6 @@ pub fn verifier(obj: &[u8], rounds: usize) -> Result<(Vec<Row>, serde_json::Valu
     Ok((rows, samples))
 }
 
-/// A program the benchmark runs with `BPF_PROG_TEST_RUN`.
-trait Runnable {
-    /// Average ns per run the kernel reports for `repeat` runs on `frame`; fails
-    /// unless the program passed the frame on.
-    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64>;
-}
-
 fn run_opts(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
     TestRunOptions {
         data_in: Some(frame),
@@ -144,30 +137,33 @@ fn run_opts(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
     }
 }
 
-/// The run's time; fails unless the program returned `pass` (its pass-on verdict).
-fn passed(r: aya::programs::TestRunResult, pass: u32, name: &str) -> Result<f64> {
-    if r.return_value != pass {
-        bail!("program returned {:#x}, not {name}", r.return_value);
+/// A program the benchmark runs with `BPF_PROG_TEST_RUN` (TC or XDP).
+trait Runnable:
+    for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>
+{
+    /// The verdict that passes the frame on, and its name.
+    const PASS: (u32, &'static str);
+
+    /// Average ns per run the kernel reports for `repeat` runs on `frame`; fails
+    /// unless the program passed the frame on.
+    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
+        let r = self
+            .test_run(run_opts(frame, repeat))
+            .context("BPF_PROG_TEST_RUN")?;
+        let (pass, name) = Self::PASS;
+        if r.return_value != pass {
+            bail!("program returned {:#x}, not {name}", r.return_value);
+        }
+        Ok(r.duration.as_nanos() as f64)
     }
-    Ok(r.duration.as_nanos() as f64)
 }
 
 impl Runnable for SchedClassifier {
-    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
-        let r = self
-            .test_run(run_opts(frame, repeat))
-            .context("BPF_PROG_TEST_RUN")?;
-        passed(r, TC_ACT_UNSPEC, "TC_ACT_UNSPEC")
-    }
+    const PASS: (u32, &'static str) = (TC_ACT_UNSPEC, "TC_ACT_UNSPEC");
 }
 
 impl Runnable for Xdp {
-    fn time_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
-        let r = self
-            .test_run(run_opts(frame, repeat))
-            .context("BPF_PROG_TEST_RUN")?;
-        passed(r, XDP_PASS, "XDP_PASS")
-    }
+    const PASS: (u32, &'static str) = (XDP_PASS, "XDP_PASS");
 }
 
 /// Average ns per run the kernel reports for `repeat` runs of `prog` on `frame`.
