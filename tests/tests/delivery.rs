@@ -555,7 +555,7 @@ print(json.dumps({
         .expect("python3");
     assert!(
         out.status.success(),
-        "pyarrow (bash .ci/setup installs it): {}",
+        "pyarrow (bash .ci/setup --tests installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

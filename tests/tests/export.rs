@@ -712,7 +712,7 @@ fn ipfix_tcp_collector_outage() {
 }
 
 /// The tansu broker: `$TANSU_BIN`, else `tansu` on the PATH, else `/opt/tansu/bin/tansu`
-/// (where `.ci/setup` installs it).
+/// (where `.ci/setup --tests` installs it).
 fn tansu_bin() -> String {
     if let Ok(b) = std::env::var("TANSU_BIN") {
         return b;
@@ -726,7 +726,7 @@ fn tansu_bin() -> String {
     let p = "/opt/tansu/bin/tansu";
     assert!(
         Path::new(p).is_file(),
-        "no tansu broker (set TANSU_BIN or run bash .ci/setup)"
+        "no tansu broker (set TANSU_BIN or run bash .ci/setup --tests)"
     );
     p.to_string()
 }

@@ -25,7 +25,7 @@ impl Image {
     fn build() -> Image {
         assert!(
             Command::new("podman").arg("--version").output().is_ok(),
-            "podman is not installed (bash .ci/setup installs podman and runc)"
+            "podman is not installed (bash .ci/setup --tests installs podman and runc)"
         );
         let tag = format!("localhost/flowlog:test-{}", std::process::id());
         let out = Command::new("bash")

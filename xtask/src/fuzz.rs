@@ -9,7 +9,7 @@
 //! - A crash fails the task, naming the input libFuzzer wrote to
 //!   `target/fuzz-artifacts/<target>/` and how to reproduce it.
 //!
-//! cargo-fuzz itself is not installed here: `bash .ci/setup` does it.
+//! cargo-fuzz itself is not installed here: `bash .ci/setup --tests` does it.
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -87,7 +87,7 @@ fn check_tools(toolchain: &str) -> Result<()> {
         Ok(out) if out.status.success() => {}
         Ok(_) | Err(_) => bail!(
             "cargo-fuzz is not installed: run `cargo install cargo-fuzz --locked` \
-             (`bash .ci/setup` installs the version CI uses)"
+             (`bash .ci/setup --tests` installs the version CI uses)"
         ),
     }
     let ok = Command::new("rustup")
@@ -97,7 +97,7 @@ fn check_tools(toolchain: &str) -> Result<()> {
     if !ok {
         bail!(
             "the nightly {toolchain} (pinned in flowlog-ebpf/rust-toolchain.toml) is not \
-             installed: run `bash .ci/setup`"
+             installed: run `bash .ci/setup --tests`"
         );
     }
     Ok(())

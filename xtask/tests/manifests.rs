@@ -2,7 +2,7 @@
 //! `kubectl kustomize`, validated offline against the Kubernetes schemas
 //! (`kubernetes-validate --strict`) and linted by checkov with no failed check (each
 //! accepted finding carries its reason as a `checkov.io/skipN` annotation). Tools:
-//! kubectl (on the machine), kubernetes-validate and checkov (PyPI; `bash .ci/setup`).
+//! kubectl (on the machine), kubernetes-validate and checkov (PyPI; `bash .ci/setup --tests`).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -22,7 +22,7 @@ fn run(program: &str, args: &[&str]) -> (bool, String) {
         .args(args)
         .current_dir(root())
         .output()
-        .unwrap_or_else(|e| panic!("{program} is not installed ({e}): run bash .ci/setup"));
+        .unwrap_or_else(|e| panic!("{program} is not installed ({e}): run bash .ci/setup --tests"));
     (
         out.status.success(),
         format!(

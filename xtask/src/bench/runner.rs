@@ -168,6 +168,12 @@ impl Bench {
                 (Duration::from_millis(500), Duration::from_secs(1))
             };
             if self.wants(Scenario::Veth) {
+                let softflowd = PathBuf::from("/usr/sbin/softflowd");
+                anyhow::ensure!(
+                    softflowd.exists(),
+                    "{} is missing (the veth rows' baseline): run bash .ci/setup --tests",
+                    softflowd.display()
+                );
                 let plan = veth::VethPlan {
                     rounds,
                     warmup,
@@ -175,7 +181,7 @@ impl Bench {
                     sender_cpu: self.sender_cpu,
                     helper_cpus: self.helper_cpus.clone(),
                     agent_bin: self.agent_bin.clone(),
-                    softflowd: PathBuf::from("/usr/sbin/softflowd"),
+                    softflowd,
                     tmp: self.out_dir.join("tmp"),
                     flow_counts: vec![1, 100_000],
                     window_s: 10,
