@@ -16,9 +16,11 @@
 //! instance gets records at its own window. Stopping an instance (or the agent)
 //! drains at once and emits its partial window with `end` = now. A switch that happens
 //! late (a stalled agent) emits records whose `end` is the switch time: they say
-//! honestly that they cover more than one window.
+//! honestly that they cover more than one window. An instance whose window spans
+//! several ticks accumulates them here and in the tick journal (`instance::journal`,
+//! with a state directory), appended before the kernel's generation is cleared.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,6 +38,7 @@ use crate::{
     drain::{DrainError, FlowMaps},
     instance::{
         control::{self, ControlError, Pending, Request, Response, Status},
+        journal::{Accumulating, Journal, JournalError, Restored, TickWriter},
         registry::{Origin, Registry, RegistryError, StateError},
         schedule::{InstanceWindow, Member, Render},
         scope::{self, LinkWatcher, Links, ScopeError},
@@ -88,6 +91,8 @@ pub enum AgentError {
     Control(#[from] ControlError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("flow log {name:?}: {source}")]
     FlowLog {
         name: String,
@@ -228,6 +233,16 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         pin::shape(cfg.max_flows, cfg.policy.is_some()),
     )?;
     let catch_up = adopted.is_some() && maps.idle_unemitted();
+    let (journal, restored) = match &cfg.state_dir {
+        Some(dir) => {
+            let (j, r) = Journal::open(dir)?;
+            if r.cut_bytes > 0 {
+                warn!(journal = %j.path().display(), bytes = r.cut_bytes, "tick journal: an incomplete block (a crash while appending) was cut off; that tick is still in the kernel's maps if they were adopted");
+            }
+            (Some(j), Some(r))
+        }
+        None => (None, None),
+    };
     let mut watcher = LinkWatcher::start()?;
     let links = watcher.dump().await?;
     let (control_server, control_rx) = match &cfg.socket {
@@ -255,6 +270,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         last_counters: [0; counter::NAMES.len()],
         pins,
         catch_up,
+        journal,
+        restored,
+        journal_warned: false,
         handover: false,
         adopting: adopted.is_some(),
         #[cfg(feature = "kubernetes")]
@@ -304,9 +322,19 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         .map(|e| e.spec.name.clone())
         .collect();
     for name in names {
-        agent.start_running(&name, first_start).await?;
+        // A window a previous agent was accumulating continues from its start.
+        let restored_start = agent.registry.get(&name).and_then(|e| {
+            agent
+                .restored
+                .as_ref()?
+                .window_of(&name, e.spec.window.as_nanos() as u64)
+        });
+        agent
+            .start_running(&name, restored_start.unwrap_or(first_start))
+            .await?;
     }
     agent.reconcile(now);
+    agent.replay_journal()?;
     agent.adopting = false;
     let result = agent.main_loop(watcher, control_rx).await;
     agent.shutdown().await;
@@ -337,6 +365,12 @@ struct Agent<'c> {
     /// The idle generation holds a previous agent's unemitted streams: the next drain
     /// takes them too.
     catch_up: bool,
+    /// The tick journal (with a state directory).
+    journal: Option<Journal>,
+    /// What the previous agent journaled, until the first drain (see `drain`).
+    restored: Option<Restored>,
+    /// Warned that multi-tick windows are not journaled (no state directory).
+    journal_warned: bool,
     /// SIGUSR2: leave everything attached and pinned for the next agent.
     handover: bool,
     /// The first reconcile after adopting a previous agent's links.
@@ -546,6 +580,52 @@ impl Agent<'_> {
             .fold(0, gcd);
         self.tick = Duration::from_secs(if secs == 0 { 60 } else { secs });
         self.metrics.active_flow_logs.set(self.running.len() as i64);
+        if self.journal.is_none() && !self.journal_warned {
+            if let Some(r) = self.running.values().find(|r| r.spec.window > self.tick) {
+                self.journal_warned = true;
+                warn!(flow_log = %r.spec.name, window = %window::format_window(r.spec.window), tick = %window::format_window(self.tick), "this window spans several capture ticks, accumulated in memory only: without a state directory (--state-dir) a crash of the agent loses them");
+            }
+        }
+    }
+
+    /// Feeds the ticks a previous agent journaled to the windows they belong to (after
+    /// `start_running` gave each its restored start and `reconcile` its members).
+    fn replay_journal(&mut self) -> Result<(), AgentError> {
+        let Some(restored) = &self.restored else {
+            return Ok(());
+        };
+        let offset = i64::try_from(mono_to_unix_offset()?).unwrap_or(i64::MAX);
+        let mut carried = Vec::new();
+        for (name, r) in self.running.iter_mut() {
+            let start = r.window.start_ns;
+            let (mut ticks, mut streams) = (0usize, 0usize);
+            for t in restored.ticks_of(name, start) {
+                ticks += 1;
+                for (key, stats) in &t.streams {
+                    // Its interface was counted from the window's start.
+                    if let Some(m) = r.window.members.get_mut(&key.ifindex) {
+                        m.joined_ns = m.joined_ns.min(start);
+                    }
+                    r.window
+                        .stream(&r.spec, key, &t.times_now(stats, offset), None);
+                    streams += 1;
+                }
+                for (ifindex, s) in &t.skips {
+                    r.window.skipped(*ifindex, s);
+                }
+            }
+            if ticks > 0 {
+                info!(flow_log = %name, ticks, streams, window_start_s = start / 1_000_000_000, "restored the ticks of an unfinished window from the tick journal");
+                carried.push(name.clone());
+            }
+        }
+        for (name, window_ns) in restored.unfinished() {
+            let running = self.running.get(name);
+            if !carried.iter().any(|c| c == name) {
+                warn!(flow_log = %name, journaled_window_s = window_ns / 1_000_000_000, running = running.is_some(), "tick journal: ticks of a flow log that is not running with that window were not carried over");
+            }
+        }
+        Ok(())
     }
 
     /// The destinations of an instance: its output (stdout or an appended file)
@@ -839,18 +919,61 @@ impl Agent<'_> {
             offset,
             extra,
         };
+        // What a previous agent journaled matters to the first drain only.
+        let restored = self.restored.take();
+        let none = vec![false; runs.len()];
         if std::mem::take(&mut self.catch_up) {
+            // The previous agent's last drained tick, never cleared: a window that
+            // journaled it already has it.
+            let counter = self.maps.window_counter().wrapping_sub(1);
+            let skip: Vec<bool> = runs
+                .iter()
+                .map(|(name, r)| {
+                    restored
+                        .as_ref()
+                        .is_some_and(|x| x.has_tick(name, r.window.start_ns, counter))
+                })
+                .collect();
+            let mut journaling =
+                begin_tick(self.journal.as_mut(), counter, offset, &runs, &ends, &skip);
             let mut idle = self.maps.drain_idle()?;
-            streams += feed.streams(&mut idle, &mut runs).await?;
-            feed.skips(idle.finish()?, &mut runs, &mut skipped_total);
+            streams += feed
+                .streams(&mut idle, &mut runs, &skip, journaling.as_mut())
+                .await?;
+            feed.skips(
+                idle.finish()?,
+                &mut runs,
+                &skip,
+                journaling.as_mut(),
+                &mut skipped_total,
+            );
+            seal(journaling);
         }
+        let counter = self.maps.window_counter();
+        let mut journaling =
+            begin_tick(self.journal.as_mut(), counter, offset, &runs, &ends, &none);
         let mut drain = self.maps.switch()?;
-        streams += feed.streams(&mut drain, &mut runs).await?;
-        feed.skips(drain.finish()?, &mut runs, &mut skipped_total);
-        for (i, (_, r)) in runs.iter_mut().enumerate() {
+        streams += feed
+            .streams(&mut drain, &mut runs, &none, journaling.as_mut())
+            .await?;
+        feed.skips(
+            drain.finish()?,
+            &mut runs,
+            &none,
+            journaling.as_mut(),
+            &mut skipped_total,
+        );
+        // On disk before the generation is cleared (below, once the records are out).
+        if seal(journaling) && failpoint("tick-journaled") {
+            error!("FLOWLOG_FAILPOINT=tick-journaled: aborting between the journal and the clear");
+            std::process::abort();
+        }
+        let mut finished = Vec::new();
+        for (i, (name, r)) in runs.iter_mut().enumerate() {
             let Some((end, _)) = ends[i] else {
                 continue;
             };
+            finished.push((name.to_string(), r.window.start_ns));
             let render = Render {
                 format,
                 id_scope: &r.id_scope,
@@ -880,7 +1003,20 @@ impl Agent<'_> {
             }
             r.bytes = 0;
         }
+        let accumulating = runs.iter().any(|(_, r)| r.window.has_pending());
         drop(runs);
+        if let Some(j) = self.journal.as_mut() {
+            // The finished windows' records are written: their ticks are not replayed;
+            // with nothing accumulated any more, the journal starts over.
+            let done = if accumulating {
+                j.done(&finished)
+            } else {
+                j.clear()
+            };
+            if let Err(e) = done {
+                error!(error = %e, "tick journal not updated: a crash before the next window boundary could emit finished windows again");
+            }
+        }
         // The records are out: now empty the drained generation (idle for a tick).
         self.maps.clear_idle()?;
         self.metrics
@@ -918,6 +1054,8 @@ impl Feed<'_, '_> {
         &self,
         drain: &mut crate::drain::GenerationDrain<'_>,
         runs: &mut [(&String, &mut Running)],
+        skip: &[bool],
+        mut journaling: Option<&mut Journaling<'_>>,
     ) -> Result<usize, AgentError> {
         let mut batch = Vec::with_capacity(crate::drain::BATCH);
         let mut streams = 0;
@@ -927,10 +1065,18 @@ impl Feed<'_, '_> {
             streams += batch.len();
             for (key, stats) in batch.iter_mut() {
                 key.traffic_path = stats.traffic_path;
+                if let Some(j) = journaling.as_deref_mut() {
+                    if j.ifindexes.contains(&key.ifindex) {
+                        j.w.stream(key, stats);
+                    }
+                }
                 let Some(covering) = self.by_ifindex.get(&key.ifindex) else {
                     continue;
                 };
                 for &i in covering {
+                    if skip[i] {
+                        continue;
+                    }
                     let r = &mut *runs[i].1;
                     match self.ends[i] {
                         Some((end, true)) => {
@@ -968,15 +1114,85 @@ impl Feed<'_, '_> {
         &self,
         skipped: Vec<(u32, SkipStats)>,
         runs: &mut [(&String, &mut Running)],
+        skip: &[bool],
+        mut journaling: Option<&mut Journaling<'_>>,
         total: &mut SkipStats,
     ) {
         for (ifindex, s) in &skipped {
             total.merge(s);
+            if let Some(j) = journaling.as_deref_mut() {
+                if j.ifindexes.contains(ifindex) {
+                    j.w.skip(*ifindex, s);
+                }
+            }
             for &i in self.by_ifindex.get(ifindex).into_iter().flatten() {
-                runs[i].1.window.skipped(*ifindex, s);
+                if !skip[i] {
+                    runs[i].1.window.skipped(*ifindex, s);
+                }
             }
         }
     }
+}
+
+/// A tick being journaled: its block, and the interfaces of the instances that
+/// accumulate it (the streams to write).
+struct Journaling<'j> {
+    w: TickWriter<'j>,
+    ifindexes: HashSet<u32>,
+}
+
+/// Starts journaling the tick with window counter `counter` when an instance
+/// accumulates it (its window does not end in this drain; `skip`: it has the tick).
+fn begin_tick<'j>(
+    journal: Option<&'j mut Journal>,
+    counter: u32,
+    mono_to_unix: i128,
+    runs: &[(&String, &mut Running)],
+    ends: &[Option<(u64, bool)>],
+    skip: &[bool],
+) -> Option<Journaling<'j>> {
+    let journal = journal?;
+    let mut accumulating = Vec::new();
+    let mut ifindexes = HashSet::new();
+    for (i, (name, r)) in runs.iter().enumerate() {
+        if ends[i].is_some() || skip[i] {
+            continue;
+        }
+        accumulating.push(Accumulating {
+            name: name.to_string(),
+            start_ns: r.window.start_ns,
+            window_ns: r.spec.window.as_nanos() as u64,
+        });
+        ifindexes.extend(r.window.members.keys().copied());
+    }
+    if accumulating.is_empty() {
+        return None;
+    }
+    let offset = i64::try_from(mono_to_unix).unwrap_or(i64::MAX);
+    Some(Journaling {
+        w: journal.tick(counter, offset, &accumulating),
+        ifindexes,
+    })
+}
+
+/// Completes a journaled tick (synced to disk); whether one was written.
+fn seal(journaling: Option<Journaling<'_>>) -> bool {
+    let Some(j) = journaling else {
+        return false;
+    };
+    match j.w.seal() {
+        Ok(()) => true,
+        Err(e) => {
+            error!(error = %e, "tick journal: this tick is accumulated in memory only (a crash before its window ends would lose it)");
+            false
+        }
+    }
+}
+
+/// A crash at a chosen point, for the crash tests (`FLOWLOG_FAILPOINT=<name>`;
+/// `tests/tests/restart.rs`). Unset in production: one environment lookup per drain.
+fn failpoint(name: &str) -> bool {
+    std::env::var_os("FLOWLOG_FAILPOINT").is_some_and(|v| v == name)
 }
 
 /// Which instances end their window in a drain.

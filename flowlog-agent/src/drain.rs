@@ -434,6 +434,12 @@ impl FlowMaps {
         Ok(maps)
     }
 
+    /// `CONFIG[GENERATION]`: the counter of the window being captured (the idle
+    /// generation's window had this minus one).
+    pub fn window_counter(&self) -> u32 {
+        self.counter
+    }
+
     /// Whether the idle generation holds streams whose records never went out (a
     /// previous agent stopped between a switch and the end of its emission).
     pub fn idle_unemitted(&self) -> bool {

@@ -29,7 +29,7 @@ pub mod scrape;
 pub mod tcp;
 pub mod traffic;
 
-pub use agent::{agent_bin, run_to_exit, Agent, Exited};
+pub use agent::{agent_bin, run_to_exit, Agent, Exited, Wrapped};
 pub use netns::{in_netns, ns_exec, ns_exec_unchecked, with_netns, Netns, VethPair};
 pub use record::{totals, validate_record_shape, Filter, Record};
 

@@ -1,12 +1,17 @@
 //! Surviving the agent: maps and links pinned in bpffs are adopted by the next agent,
 //! so a SIGKILL (or a hand-over with SIGUSR2) loses no packet; `--cleanup` removes
 //! everything pinned. Exact totals over the whole run.
-use std::{thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use flowlog_tests::{
+    control::Control,
     known,
     netns::{assert_detached, BpfFs},
-    require_root, run_to_exit, totals, Agent, Netns, Record, VethPair,
+    require_root, run_to_exit, totals, Agent, Netns, Record, VethPair, Wrapped,
 };
 
 /// 6,000 paced datagrams over 12 s from A to B on one stream; returns how many left.
@@ -132,4 +137,147 @@ fn sigusr2_hands_over_to_the_next_agent_and_cleanup_removes_the_pins() {
     );
     assert!(fs.pinned().is_empty(), "{:?}", fs.pinned());
     assert_detached(a.name(), &v.if_a);
+}
+
+fn read_records(path: &str) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| Record::parse(l).unwrap())
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Packets of the known stream per 6 s window (by record start).
+fn per_6s(records: &[Record], v: &VethPair) -> BTreeMap<u64, u64> {
+    let mut m = BTreeMap::new();
+    for r in known::filter(v).select(records) {
+        *m.entry(r.start() / 6).or_default() += r.packets();
+    }
+    m
+}
+
+/// Two flow logs on one interface, 2 s and 6 s windows: the 6 s one accumulates three
+/// capture ticks in the agent. A SIGKILL in the middle of a 6 s window, after ticks of
+/// it were drained from the kernel, and a restart: the tick journal carries those
+/// ticks over, so the 6 s flow log still records every packet, in the same 6 s windows
+/// as the 2 s one. (Without the journal the drained ticks died with the agent.)
+#[test]
+fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
+    let setup = Setup::new("jrnl");
+    let Setup { fs, a, v, sink, .. } = &setup;
+    let ctl = Control::new("jrnl");
+    let pin = fs.pin_dir();
+    let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
+    let first = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
+    ctl.create_eni("fast", &v.if_a, "2s", &["--output", &fast]);
+    ctl.create_eni("slow", &v.if_a, "6s", &["--output", &slow]);
+    let started = unix_now();
+    let sender = known::paced(a, v, 3000, 64, Duration::from_secs(15));
+    // Kill 3.0-3.6 s into a 6 s window, at least 4 s in: the tick that ended 2 s into
+    // it was drained (into the journal), the next one is still in the kernel.
+    loop {
+        let now = unix_now();
+        let phase = now % 6.0;
+        if now - started >= 4.0 && (3.0..3.6).contains(&phase) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = unix_now() as u64;
+    let before = first.kill();
+    assert!(before.is_empty(), "records go to the flow logs' files");
+    let journal = std::path::Path::new(&ctl.state_dir()).join("ticks.journal");
+    let journaled = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        journaled > 0,
+        "the drained tick is in {}",
+        journal.display()
+    );
+    let second = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
+    let sent = sender.join().unwrap() as u64;
+    assert_eq!(sink.wait_for(sent, Duration::from_secs(5)), sent);
+    let stderr = second.stderr();
+    drop(second.stop());
+    assert!(
+        stderr.contains("restored the ticks of an unfinished window from the tick journal")
+            && stderr.contains("flow_log=slow ticks=1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("flow_log=fast ticks="), "{stderr}");
+    let (fast, slow) = (read_records(&fast), read_records(&slow));
+    // Every packet in exactly one record of each flow log.
+    assert_eq!(totals(known::filter(v).select(&fast)).0, sent);
+    assert_eq!(totals(known::filter(v).select(&slow)).0, sent);
+    // Per 6 s window the same packets, including the window the agent died in, which
+    // the 6 s flow log reports as one record (not cut at the restart).
+    let (gf, gs) = (per_6s(&fast, v), per_6s(&slow, v));
+    assert_eq!(gf, gs);
+    let crash_window = killed_at / 6;
+    let slow_crash: Vec<&Record> = known::filter(v)
+        .select(&slow)
+        .into_iter()
+        .filter(|r| r.start() / 6 == crash_window)
+        .collect();
+    assert_eq!(slow_crash.len(), 1, "{slow_crash:?}");
+    assert_eq!(
+        slow_crash[0].end() - slow_crash[0].start(),
+        6 - slow_crash[0].start() % 6
+    );
+    // A clean stop empties the journal and leaves nothing pinned.
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    assert!(fs.pinned().is_empty(), "{:?}", fs.pinned());
+}
+
+/// The worst moment to die: a tick journaled for the 6 s flow log, its generation not
+/// yet cleared from the kernel, the 2 s flow log's records of it not yet written
+/// (`FLOWLOG_FAILPOINT=tick-journaled` aborts the agent there). The next agent adopts
+/// the maps and drains that generation again: the 2 s flow log gets its records, the
+/// 6 s one takes the tick from the journal and not a second time from the kernel.
+#[test]
+fn a_crash_between_journal_and_clear_counts_the_tick_once() {
+    let setup = Setup::new("jrnc");
+    let Setup { fs, a, v, sink, .. } = &setup;
+    let ctl = Control::new("jrnc");
+    let pin = fs.pin_dir();
+    let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
+    let mut args = ctl.run_args();
+    args.extend(["--pin-dir".to_string(), pin.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let crashing = Wrapped {
+        wrapper: vec!["env".into(), "FLOWLOG_FAILPOINT=tick-journaled".into()],
+        ..Wrapped::none()
+    };
+    let first = Agent::start_wrapped(a.name(), &crashing, &args);
+    ctl.create_eni("fast", &v.if_a, "2s", &["--output", &fast]);
+    ctl.create_eni("slow", &v.if_a, "6s", &["--output", &slow]);
+    let sender = known::paced(a, v, 2000, 64, Duration::from_secs(12));
+    let journal = std::path::Path::new(&ctl.state_dir()).join("ticks.journal");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::fs::metadata(&journal).map_or(0, |m| m.len()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no tick journaled");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
+    drop(first.kill());
+    let second = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
+    let sent = sender.join().unwrap() as u64;
+    assert_eq!(sink.wait_for(sent, Duration::from_secs(5)), sent);
+    let stderr = second.stderr();
+    drop(second.stop());
+    assert!(
+        stderr.contains("stopped while emitting a window"),
+        "the drained generation was not cleared: {stderr}"
+    );
+    assert!(stderr.contains("flow_log=slow ticks=1"), "{stderr}");
+    let (fast, slow) = (read_records(&fast), read_records(&slow));
+    assert_eq!(totals(known::filter(v).select(&fast)).0, sent);
+    assert_eq!(totals(known::filter(v).select(&slow)).0, sent);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
 }

@@ -12,7 +12,9 @@
 //!   each instance covers.
 //! - [`schedule`]: per-instance windows over the kernel's capture ticks.
 //! - [`control`]: the local control socket and the CLI that talks to it.
+//! - [`journal`]: the accumulated ticks of multi-tick windows, on disk (crash safety).
 pub mod control;
+pub mod journal;
 pub mod registry;
 pub mod schedule;
 pub mod scope;
