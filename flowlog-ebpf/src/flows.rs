@@ -102,13 +102,37 @@ fn cache_index(k: &FlowKey) -> u32 {
     let w = k as *const FlowKey as *const u32;
     // SAFETY: words `< 12` of a 48-byte, 4-aligned struct.
     let word = |i: usize| unsafe { read_volatile(w.add(i)) };
-    let x = word(0).rotate_left(8)
-        ^ word(1)
-        ^ word(4)
-        ^ word(5).rotate_left(16)
-        ^ word(8).rotate_left(16)
-        ^ word(9)
-        ^ word(10).rotate_left(24);
+    cache_index_of(
+        word(0),
+        word(1),
+        word(4),
+        word(5),
+        word(8),
+        word(9),
+        word(10),
+    )
+}
+
+/// [`cache_index`] from the key's 4-byte words 0, 1, 4, 5, 8, 9 and 10 (ifindex, the
+/// first and last words of each address, the ports, protocol/family/direction/action):
+/// the fast path (`crate::fast`) has them without building the key.
+#[inline(always)]
+pub(crate) fn cache_index_of(
+    w0: u32,
+    w1: u32,
+    w4: u32,
+    w5: u32,
+    w8: u32,
+    w9: u32,
+    w10: u32,
+) -> u32 {
+    let x = w0.rotate_left(8)
+        ^ w1
+        ^ w4
+        ^ w5.rotate_left(16)
+        ^ w8.rotate_left(16)
+        ^ w9
+        ^ w10.rotate_left(24);
     x.wrapping_mul(0x9e37_79b1) >> (32 - CACHE_SLOTS.trailing_zeros())
 }
 

@@ -23,7 +23,8 @@
 //!  COUNTERS (per-CPU): parse errors and map events, never a per-packet log
 //! ```
 //!
-//! Modules: [`prog`] (entries, `CONFIG`, `COUNTERS`), [`parse`], [`policy`],
+//! Modules: [`prog`] (entries, `CONFIG`, `COUNTERS`), [`fast`] (the established plain
+//! IPv4 stream's path), [`parse`], [`policy`],
 //! [`flows`], [`select`] (what the active flow logs select; traffic_path).
 //!
 //! The programs observe: every path returns `TC_ACT_UNSPEC` (continue with the next
@@ -45,6 +46,8 @@
 // `bpf_target_arch` is set by aya-build (the architecture the programs run on).
 #![allow(unexpected_cfgs)]
 
+#[cfg(target_arch = "bpf")]
+mod fast;
 #[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]

@@ -53,6 +53,9 @@ pub(crate) const TCP_RST: u8 = 0x04;
 pub(crate) trait Packet {
     /// Reads a `T` at `offset` from the start of the frame.
     fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// Start and end of the part of the frame that direct access reads (TC: the
+    /// linear part; XDP: the first buffer).
+    fn bounds(&self) -> (usize, usize);
     /// Frame length as the program sees it (linear + paged data).
     fn len(&self) -> u32;
     fn ifindex(&self) -> u32;
@@ -89,6 +92,10 @@ impl Packet for Skb<'_> {
             return Some(unsafe { core::ptr::read((start + offset) as *const T) });
         }
         self.0.load::<T>(offset).ok()
+    }
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
     #[inline(always)]
     fn len(&self) -> u32 {
@@ -149,6 +156,10 @@ impl Packet for Xdp<'_> {
         } else {
             None
         }
+    }
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
     #[inline(always)]
     fn len(&self) -> u32 {

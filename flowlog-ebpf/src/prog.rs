@@ -1,5 +1,6 @@
-//! Program entries: each hook parses the frame ([`crate::parse`]), applies the
-//! security policy ([`crate::policy`]) and counts it in the window's flow table
+//! Program entries: each hook tries the fast path of an established plain IPv4
+//! stream ([`crate::fast`]); otherwise it parses the frame ([`crate::parse`]), applies
+//! the security policy ([`crate::policy`]) and counts it in the window's flow table
 //! ([`crate::flows`]). Also the maps every part uses: `CONFIG` (written by the agent)
 //! and the per-CPU `COUNTERS` of data-path events (never a per-packet log).
 use core::ptr::{addr_of_mut, write_volatile};
@@ -99,6 +100,9 @@ pub(crate) struct Parsed {
 #[inline(always)]
 fn observe<P: Packet>(pkt: &P, dir: u8) -> bool {
     bump(counter::SEEN);
+    if crate::fast::counted(pkt, dir) {
+        return false;
+    }
     let Some(mut p) = parse(pkt, dir) else {
         bump(counter::UNPLACED);
         return false;

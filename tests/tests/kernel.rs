@@ -501,6 +501,58 @@ fn ipv4_tcp_syn_repeat_fin_and_rst() {
     p.assert_counters(&[]);
 }
 
+/// The fast path (`flowlog-ebpf/src/fast.rs`: a cached plain IPv4 TCP/UDP stream,
+/// read in place) and the full path count the same packets of one stream alike, and
+/// each frame the fast path must not take goes to the full path: the stream's first
+/// packet, DF set (fast), a frame shorter than the fast path's 54 bytes, IPv4 options,
+/// a GSO super-packet, FIN; the same 5-tuple in the other direction is another stream.
+#[test]
+fn fast_path_edges_count_like_the_full_path() {
+    let mut p = Progs::load();
+    let udp_frame = |data: usize| eth4(&ip4(IPPROTO_UDP).build(&udp(7000, 53, &payload(data))));
+    let plain = udp_frame(20);
+    for _ in 0..4 {
+        p.run(Hook::TcIngress, &plain);
+    }
+    let mut df = plain.clone();
+    df[14 + 6] |= 0x40;
+    p.run(Hook::TcIngress, &df);
+    let tiny = ethernet_unpadded(
+        &[],
+        ETH_P_IP,
+        &ip4(IPPROTO_UDP).build(&udp(7000, 53, &payload(4))),
+    );
+    assert_eq!(tiny.len(), 46);
+    p.run(Hook::TcIngress, &tiny);
+    let options = ip4(IPPROTO_UDP)
+        .options(&[0x94, 0x04, 0x00, 0x00])
+        .build(&udp(7000, 53, &payload(20)));
+    p.run(Hook::TcIngress, &eth4(&options));
+    p.run_gso(Hook::TcIngress, &udp_frame(3000), 3, 1000);
+    for _ in 0..2 {
+        p.run(Hook::TcEgress, &plain);
+    }
+    p.run(Hook::TcIngress, &tcp4_frame(41000, 443, SYN, 0));
+    for _ in 0..2 {
+        p.run(Hook::TcIngress, &tcp4_frame(41000, 443, ACK, 100));
+    }
+    p.run(Hook::TcIngress, &tcp4_frame(41000, 443, PSH | ACK, 10));
+    p.run(Hook::TcIngress, &tcp4_frame(41000, 443, FIN | ACK, 0));
+    p.assert_flows(&[
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
+            .ports(7000, 53)
+            .count(4 + 1 + 1 + 1 + 3, 4 * 48 + 48 + 32 + 52 + (3028 + 2 * 28)),
+        Exp::new(A4, B4, IPPROTO_UDP, Hook::TcEgress)
+            .ports(7000, 53)
+            .count(2, 2 * 48),
+        Exp::new(A4, B4, IPPROTO_TCP, Hook::TcIngress)
+            .ports(41000, 443)
+            .count(5, 40 + 2 * 140 + 50 + 40)
+            .tcp(SYN | ACK | PSH | FIN, 1),
+    ]);
+    p.assert_counters(&[]);
+}
+
 #[test]
 fn ipv4_options_do_not_shift_ports() {
     let mut p = Progs::load();
