@@ -501,11 +501,12 @@ fn ipv4_tcp_syn_repeat_fin_and_rst() {
     p.assert_counters(&[]);
 }
 
-/// The fast path (`flowlog-ebpf/src/fast.rs`: a cached plain IPv4 TCP/UDP stream,
-/// read in place) and the full path count the same packets of one stream alike, and
-/// each frame the fast path must not take goes to the full path: the stream's first
-/// packet, DF set (fast), a frame shorter than the fast path's 54 bytes, IPv4 options,
-/// a GSO super-packet, FIN; the same 5-tuple in the other direction is another stream.
+/// The fast path (`flowlog-ebpf/src/fast.rs`: a cached plain IPv4/IPv6 TCP/UDP
+/// stream, read in place) and the full path count the same packets of one stream
+/// alike, and each frame the fast path must not take goes to the full path: the
+/// stream's first packet, DF set (fast), a frame shorter than the fast path's 54
+/// bytes, IPv4 options, an IPv6 extension header, a GSO super-packet, FIN; the same
+/// 5-tuple in the other direction is another stream.
 #[test]
 fn fast_path_edges_count_like_the_full_path() {
     let mut p = Progs::load();
@@ -538,7 +539,37 @@ fn fast_path_edges_count_like_the_full_path() {
     }
     p.run(Hook::TcIngress, &tcp4_frame(41000, 443, PSH | ACK, 10));
     p.run(Hook::TcIngress, &tcp4_frame(41000, 443, FIN | ACK, 0));
+    // IPv6: plain (fast after the first), then the same stream behind a hop-by-hop
+    // header (full path), and TCP with its flags OR'd.
+    let v6 = |proto, l4: &[u8]| eth6(&Ipv6::new(a6(), b6(), proto).build(l4));
+    let u6 = v6(IPPROTO_UDP, &udp(7000, 53, &payload(20)));
+    for _ in 0..3 {
+        p.run(Hook::TcIngress, &u6);
+    }
+    let hop = Ipv6::new(a6(), b6(), IPPROTO_UDP)
+        .ext(Ext::HopByHop { len8: 0 })
+        .build(&udp(7000, 53, &payload(20)));
+    p.run(Hook::TcIngress, &eth6(&hop));
+    p.run(
+        Hook::TcIngress,
+        &v6(IPPROTO_TCP, &tcp(41000, 443, SYN, &[])),
+    );
+    p.run(
+        Hook::TcIngress,
+        &v6(IPPROTO_TCP, &tcp(41000, 443, ACK, &payload(100))),
+    );
+    p.run(
+        Hook::TcIngress,
+        &v6(IPPROTO_TCP, &tcp(41000, 443, PSH | ACK, &payload(10))),
+    );
     p.assert_flows(&[
+        Exp::new(a6(), b6(), IPPROTO_UDP, Hook::TcIngress)
+            .ports(7000, 53)
+            .count(4, 3 * 68 + 76),
+        Exp::new(a6(), b6(), IPPROTO_TCP, Hook::TcIngress)
+            .ports(41000, 443)
+            .count(3, 60 + 160 + 70)
+            .tcp(SYN | ACK | PSH, 0),
         Exp::new(A4, B4, IPPROTO_UDP, Hook::TcIngress)
             .ports(7000, 53)
             .count(4 + 1 + 1 + 1 + 3, 4 * 48 + 48 + 32 + 52 + (3028 + 2 * 28)),
