@@ -51,16 +51,26 @@ pub(crate) fn counted<P: Packet>(pkt: &P, dir: u8) -> bool {
     // SAFETY: `FAST_LEN_V4` bytes from `start` are in the frame (checked above); plain
     // loads at any offset, as in `Skb::load`.
     let ethertype = unsafe { core::ptr::read((start + 12) as *const u16) } as u32;
-    let plain = if ethertype == ETH_P_IP_WIRE {
-        ipv4(start)
+    // One copy of the rest per family, so that the IPv4 copy keeps its zero words as
+    // constants (a shared copy cost the IPv4 path 1 ns in the test run, measured).
+    if ethertype == ETH_P_IP_WIRE {
+        match ipv4(start) {
+            Some(f) => count(pkt, dir, &f),
+            None => false,
+        }
     } else if ethertype == ETH_P_IPV6_WIRE && start + FAST_LEN_V6 <= end {
-        ipv6(start)
+        match ipv6(start) {
+            Some(f) => count(pkt, dir, &f),
+            None => false,
+        }
     } else {
-        None
-    };
-    let Some(f) = plain else {
-        return false;
-    };
+        false
+    }
+}
+
+/// Adds a fast-path packet to its stream's cache slot, if the cache holds the stream.
+#[inline(always)]
+fn count<P: Packet>(pkt: &P, dir: u8, f: &Plain) -> bool {
     if f.tcp_flags & (TCP_FIN | TCP_RST) != 0 || pkt.segments() > 1 {
         return false;
     }
