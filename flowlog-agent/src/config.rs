@@ -282,13 +282,15 @@ pub struct FileSink {
     pub format: Option<String>,
     /// `text`: the fields, in order (default: the contract's base fields).
     pub fields: Option<Vec<String>>,
-    pub rotate_bytes: Option<u64>,
+    /// Rotate a file once it holds this many bytes: a number, or `128MiB`, `1GB`.
+    pub rotate_bytes: Option<Size>,
     /// Rotate a file once it is this old: `90s`, `30m`, `1h`, `1d`.
     pub rotate_after: Option<String>,
     /// `file`, `parquet`: delete finished files older than this (default 7d).
     pub retention: Option<String>,
-    /// Keep at most this many bytes of finished files.
-    pub retention_bytes: Option<u64>,
+    /// `file`, `parquet`: keep at most this many bytes of finished files (oldest
+    /// deleted first).
+    pub retention_bytes: Option<Size>,
     /// `parquet`: windows per file (default 1).
     pub windows_per_file: Option<u32>,
     /// `tcp`: the receiver, `host:port`.
@@ -296,7 +298,7 @@ pub struct FileSink {
     /// Network sinks: the spool directory (default `/var/lib/flowlog/spool/<name>`).
     pub spool_dir: Option<PathBuf>,
     /// Network sinks: the spool's bound in bytes (default 256 MiB).
-    pub spool_max_bytes: Option<u64>,
+    pub spool_max_bytes: Option<Size>,
     /// `ipfix`: `udp` (the default) or `tcp`.
     pub transport: Option<String>,
     /// `ipfix` over UDP: resend the templates this often (default 60s).
@@ -315,6 +317,53 @@ pub struct FileSink {
     pub topic: Option<String>,
     /// `kafka`: `lz4` (the default), `zstd` or `none`.
     pub compression: Option<String>,
+}
+
+/// A byte count as written in the config file: a number of bytes, or a string with a
+/// unit (`"128MiB"`, `"10 GiB"`, `"500MB"`; see [`parse_size`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A byte count with an optional unit: `B`; `KiB`, `MiB`, `GiB`, `TiB` (powers of
+/// 1024, also written `Ki`, `Mi`, `Gi`, `Ti` as Kubernetes does); `kB`/`KB`, `MB`,
+/// `GB`, `TB` (powers of 1000). A whole number, spaces allowed before the unit. A bare
+/// `K`, `M`, `G` or `T` is refused: tools disagree on whether it means 1000 or 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use a whole number of bytes, or one with a unit such as 128MiB or 1GB"))?;
+    let unit = unit.trim_start();
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "TiB" | "Ti" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "K" | "k" | "M" | "G" | "T" => {
+            return Err(format!(
+                "{text:?}: say {n}{u}iB (powers of 1024) or {n}{u}B (powers of 1000)",
+                u = unit.to_ascii_uppercase()
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A destination of records, validated.
@@ -1083,6 +1132,18 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
             ))
         }),
     };
+    let size = |key: &str, v: &Option<Size>| -> Result<Option<u64>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(Size::Bytes(n)) => Ok(Some(*n)),
+            Some(Size::Text(t)) => parse_size(t)
+                .map(Some)
+                .map_err(|problem| bad(format!("{key}: {problem}"))),
+        }
+    };
+    let rotate_bytes = size("rotate_bytes", &d.rotate_bytes)?;
+    let retention_bytes = size("retention_bytes", &d.retention_bytes)?;
+    let spool_max_bytes = size("spool_max_bytes", &d.spool_max_bytes)?;
     // Keys given that the type does not take.
     let refuse = |kind: &str, keys: &[(&str, bool)]| -> Result<(), ConfigError> {
         let given: Vec<&str> = keys
@@ -1107,8 +1168,8 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
     let rotation = [
         ("rotate_bytes", d.rotate_bytes.is_some()),
         ("rotate_after", d.rotate_after.is_some()),
-        ("retention_bytes", d.retention_bytes.is_some()),
     ];
+    let retention_keys = [("retention_bytes", d.retention_bytes.is_some())];
     let parquet_keys = [("windows_per_file", d.windows_per_file.is_some())];
     let ipfix_keys = [
         ("transport", d.transport.is_some()),
@@ -1125,7 +1186,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
     // Network sinks: where the spool lives and its bound.
     let spool_settings = || -> Result<crate::sink::spool::SpoolSettings, ConfigError> {
         use crate::sink::spool::{SpoolSettings, DEFAULT_DIR, DEFAULT_MAX_BYTES};
-        let max_bytes = d.spool_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        let max_bytes = spool_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
         if max_bytes == 0 {
             return Err(bad("spool_max_bytes must be at least 1".into()));
         }
@@ -1155,6 +1216,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                 return Err(bad("type stdout takes no path or rotation".into()));
             }
             refuse("stdout", &network)?;
+            refuse("stdout", &retention_keys)?;
             refuse("stdout", &ipfix_keys)?;
             refuse("stdout", &kafka_keys)?;
             refuse("stdout", &parquet_keys)?;
@@ -1166,7 +1228,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
             refuse("file", &ipfix_keys)?;
             refuse("file", &kafka_keys)?;
             refuse("file", &parquet_keys)?;
-            let rotate_bytes = d.rotate_bytes.unwrap_or(DirSettings::DEFAULT_ROTATE_BYTES);
+            let rotate_bytes = rotate_bytes.unwrap_or(DirSettings::DEFAULT_ROTATE_BYTES);
             if rotate_bytes == 0 {
                 return Err(bad("rotate_bytes must be at least 1".into()));
             }
@@ -1179,7 +1241,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                     DirSettings::DEFAULT_ROTATE_AFTER,
                 )?,
                 retention: dur("retention", &d.retention, DirSettings::DEFAULT_RETENTION)?,
-                retention_bytes: d.retention_bytes,
+                retention_bytes,
                 text: text.clone(),
             })
         }
@@ -1207,10 +1269,12 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
                     &d.retention,
                     ParquetSettings::DEFAULT_RETENTION,
                 )?,
+                retention_bytes,
             })
         }
         "tcp" => {
             refuse("tcp", &rotation)?;
+            refuse("tcp", &retention_keys)?;
             refuse("tcp", &parquet_keys)?;
             refuse("tcp", &ipfix_keys)?;
             refuse("tcp", &kafka_keys)?;
@@ -1235,6 +1299,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
         "ipfix" => {
             use crate::sink::ipfix::{IpfixSettings, Transport};
             refuse("ipfix", &rotation)?;
+            refuse("ipfix", &retention_keys)?;
             refuse("ipfix", &parquet_keys)?;
             refuse("ipfix", &kafka_keys)?;
             refuse(
@@ -1308,6 +1373,7 @@ fn sink_config(d: &FileSink) -> Result<SinkConfig, ConfigError> {
         "kafka" => {
             use crate::sink::kafka::{Compression, KafkaSettings};
             refuse("kafka", &rotation)?;
+            refuse("kafka", &retention_keys)?;
             refuse("kafka", &parquet_keys)?;
             refuse("kafka", &ipfix_keys)?;
             refuse(
@@ -1689,6 +1755,39 @@ vpc_id = ""
     }
 
     #[test]
+    fn sizes_with_units() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("10B", 10),
+            ("128MiB", 128 << 20),
+            ("128 MiB", 128 << 20),
+            ("2Gi", 2 << 30),
+            ("1TiB", 1 << 40),
+            ("3KiB", 3 << 10),
+            ("500MB", 500_000_000),
+            ("1kB", 1000),
+            ("2KB", 2000),
+            ("10GB", 10_000_000_000),
+            (" 7TB ", 7_000_000_000_000),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1",
+            "10 gigs",
+            "1M",
+            "1k",
+            "99999999999TiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sinks_by_name() {
         let text = "[[sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"/var/log/fl\"\nrotate_bytes = 1000\nrotate_after = \"30m\"\nretention = \"2d\"\nretention_bytes = 5000\n\n[[sink]]\nname = \"console\"\ntype = \"stdout\"\n";
         let c = build(&["-i", "eth0", "--sink", "archive"], Some(text)).unwrap();
@@ -1900,6 +1999,27 @@ vpc_id = ""
                 "name = \"s\"\ntype = \"stdout\"\ntransport = \"udp\"".into(),
                 "type stdout does not take transport",
             ),
+            (
+                "name = \"s\"\ntype = \"stdout\"\nretention_bytes = 10".into(),
+                "type stdout does not take retention_bytes",
+            ),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/x\"\nrotate_bytes = \"128M\"".into(),
+                "rotate_bytes: \"128M\": say 128MiB (powers of 1024) or 128MB (powers of 1000)",
+            ),
+            (
+                "name = \"f\"\ntype = \"file\"\npath = \"/x\"\nretention_bytes = \"10 gigs\""
+                    .into(),
+                "retention_bytes: \"10 gigs\": unknown unit \"gigs\"",
+            ),
+            (
+                format!("{kafka}spool_max_bytes = \"lots\""),
+                "spool_max_bytes: \"lots\" is not a size",
+            ),
+            (
+                format!("{kafka}spool_max_bytes = \"0MiB\""),
+                "spool_max_bytes must be at least 1",
+            ),
         ] {
             let e = build(&["-i", "eth0"], Some(&format!("[[sink]]\n{def}\n"))).unwrap_err();
             assert!(e.to_string().contains(problem), "{e}\nwanted: {problem}");
@@ -1910,7 +2030,7 @@ vpc_id = ""
     #[test]
     fn parquet_and_tcp_sinks() {
         use crate::sink::{parquet::ParquetSettings, spool::SpoolSettings};
-        let text = "[[sink]]\nname = \"lake\"\ntype = \"parquet\"\npath = \"/var/lib/fl/pq\"\nwindows_per_file = 5\nretention = \"2d\"\n\n[[sink]]\nname = \"collector\"\ntype = \"tcp\"\naddress = \"logs.example:9000\"\nformat = \"text\"\nspool_max_bytes = 1048576\n\n[[sink]]\nname = \"c2\"\ntype = \"tcp\"\naddress = \"[::1]:9000\"\nspool_dir = \"/tmp/sp\"\n";
+        let text = "[[sink]]\nname = \"lake\"\ntype = \"parquet\"\npath = \"/var/lib/fl/pq\"\nwindows_per_file = 5\nretention = \"2d\"\nretention_bytes = \"2 GiB\"\n\n[[sink]]\nname = \"collector\"\ntype = \"tcp\"\naddress = \"logs.example:9000\"\nformat = \"text\"\nspool_max_bytes = \"1MiB\"\n\n[[sink]]\nname = \"c2\"\ntype = \"tcp\"\naddress = \"[::1]:9000\"\nspool_dir = \"/tmp/sp\"\n";
         let c = build(
             &[
                 "-i",
@@ -1931,6 +2051,7 @@ vpc_id = ""
                 dir: "/var/lib/fl/pq".into(),
                 windows_per_file: 5,
                 retention: Duration::from_secs(172_800),
+                retention_bytes: Some(2 << 30),
             })
         );
         assert_eq!(
@@ -2036,12 +2157,16 @@ vpc_id = ""
             assert!(e.to_string().contains(problem), "{e}\nwanted: {problem}");
             assert_eq!(e.exit_code(), EXIT_USAGE);
         }
-        // A size is a number of bytes.
-        assert!(parse_file(
-            "[[sink]]\nname = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nspool_max_bytes = \"1G\"\n",
-            Path::new("t")
+        // A size is a number of bytes, or one with an unambiguous unit.
+        let e = build(
+            &["-i", "eth0"],
+            Some("[[sink]]\nname = \"t\"\ntype = \"tcp\"\naddress = \"h:1\"\nspool_max_bytes = \"1G\"\n"),
         )
-        .is_err());
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("say 1GiB (powers of 1024) or 1GB"),
+            "{e}"
+        );
     }
 
     fn file(text: &str) -> FileConfig {

@@ -48,6 +48,8 @@ pub struct ParquetSettings {
     pub windows_per_file: u32,
     /// Delete finished files older than this.
     pub retention: Duration,
+    /// Then delete the oldest finished files while they hold more bytes than this.
+    pub retention_bytes: Option<u64>,
 }
 
 impl ParquetSettings {
@@ -117,7 +119,7 @@ impl ParquetSink {
     ) -> Result<ParquetSink, SinkError> {
         let dir = settings.dir.clone();
         let n = name.to_string();
-        let retention = settings.retention;
+        let (retention, retention_bytes) = (settings.retention, settings.retention_bytes);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::os::unix::fs::DirBuilderExt as _;
             fs::DirBuilder::new()
@@ -135,7 +137,7 @@ impl ParquetSink {
                 }
                 Ok(())
             })?;
-            prune(&n, &dir, retention)
+            prune(&n, &dir, retention, retention_bytes)
         })
         .await
         .map_err(to_io)
@@ -172,7 +174,7 @@ impl ParquetSink {
         };
         let name = self.name.clone();
         let dir = self.settings.dir.clone();
-        let retention = self.settings.retention;
+        let (retention, retention_bytes) = (self.settings.retention, self.settings.retention_bytes);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let file = f.writer.into_inner().map_err(to_io)?;
             file.sync_all()?;
@@ -181,7 +183,7 @@ impl ParquetSink {
             if let Some(parent) = f.target.parent() {
                 fs::File::open(parent)?.sync_all()?;
             }
-            prune(&name, &dir, retention)
+            prune(&name, &dir, retention, retention_bytes)
         })
         .await
         .map_err(to_io)
@@ -207,25 +209,46 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path) -> io::Result<()>) -> io::Result<()
     Ok(())
 }
 
-/// Deletes finished files older than `retention`, then empty partition directories.
-fn prune(name: &str, dir: &Path, retention: Duration) -> io::Result<()> {
+/// Deletes finished files older than `retention`, then the oldest while the rest hold
+/// more than `retention_bytes`, then empty partition directories.
+fn prune(
+    name: &str,
+    dir: &Path,
+    retention: Duration,
+    retention_bytes: Option<u64>,
+) -> io::Result<()> {
     let now = SystemTime::now();
+    let mut kept = Vec::new();
     walk(dir, &mut |p| {
         let ours = p
             .file_name()
             .and_then(|f| f.to_str())
             .is_some_and(|f| f.starts_with("flows-") && f.ends_with(".parquet"));
         if ours {
-            let age = now
-                .duration_since(fs::metadata(p)?.modified()?)
-                .unwrap_or_default();
+            let meta = fs::metadata(p)?;
+            let age = now.duration_since(meta.modified()?).unwrap_or_default();
             if age > retention {
                 fs::remove_file(p)?;
                 info!(sink = %name, file = %p.display(), "retention: deleted (age)");
+            } else {
+                kept.push((p.to_path_buf(), meta.len()));
             }
         }
         Ok(())
     })?;
+    if let Some(limit) = retention_bytes {
+        // `dt=YYYY-MM-DD/hour=HH/flows-<UTC start>...`: paths sort oldest first.
+        kept.sort();
+        let mut total: u64 = kept.iter().map(|(_, size)| size).sum();
+        for (path, size) in kept {
+            if total <= limit {
+                break;
+            }
+            fs::remove_file(&path)?;
+            total -= size;
+            info!(sink = %name, file = %path.display(), "retention: deleted (total size)");
+        }
+    }
     // dt=*/hour=* directories left empty.
     for day in fs::read_dir(dir)? {
         let day = day?.path();
@@ -391,6 +414,42 @@ mod tests {
         format!("{{\"version\":\"1\",\"srcaddr\":\"10.0.0.1\",\"packets\":\"{packets}\",\"bytes\":\"{}\",\"start\":\"{start}\",\"log-status\":\"OK\"}}\n", packets * 100)
     }
 
+    #[test]
+    fn size_retention_deletes_the_oldest_files_first() {
+        let dir = scratch("size");
+        let put = |rel: &str, size: usize| {
+            let p = dir.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, vec![0u8; size]).unwrap();
+        };
+        put("dt=2026-11-30/hour=23/flows-20261130T230000Z.parquet", 100);
+        put("dt=2026-12-01/hour=00/flows-20261201T000000Z.parquet", 200);
+        put("dt=2026-12-01/hour=09/flows-20261201T090000Z.parquet", 150);
+        put("dt=2026-12-01/hour=10/flows-20261201T100000Z.parquet", 300);
+        // Not a finished file of ours: never counted or deleted.
+        put(
+            "dt=2026-12-01/hour=10/.flows-20261201T101000Z.parquet.part",
+            5000,
+        );
+        // 750 bytes: dropping the oldest two (300) leaves 450, within the bound.
+        prune("pq", &dir, ParquetSettings::DEFAULT_RETENTION, Some(450)).unwrap();
+        assert_eq!(
+            files(&dir),
+            [
+                "dt=2026-12-01/hour=09/flows-20261201T090000Z.parquet",
+                "dt=2026-12-01/hour=10/.flows-20261201T101000Z.parquet.part",
+                "dt=2026-12-01/hour=10/flows-20261201T100000Z.parquet",
+            ]
+        );
+        // The emptied partitions are gone.
+        assert!(!dir.join("dt=2026-11-30").exists());
+        assert!(!dir.join("dt=2026-12-01/hour=00").exists());
+        // No bound: nothing more goes.
+        prune("pq", &dir, ParquetSettings::DEFAULT_RETENTION, None).unwrap();
+        assert_eq!(files(&dir).len(), 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn one_file_per_n_windows_atomically_and_readable() {
         use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -405,6 +464,7 @@ mod tests {
             dir: dir.clone(),
             windows_per_file: 2,
             retention: ParquetSettings::DEFAULT_RETENTION,
+            retention_bytes: None,
         };
         let mut s = ParquetSink::open("pq", settings, ParquetColumns::new(false, None))
             .await
