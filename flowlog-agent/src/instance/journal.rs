@@ -37,6 +37,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Read as _, Seek as _, SeekFrom, Write as _},
     mem::size_of,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -167,11 +168,13 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
+        // Flow data: readable by the agent's user only, like the records it becomes.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(err)?;
         let mut bytes = Vec::new();
@@ -545,6 +548,9 @@ mod tests {
         }
         let (j, r) = Journal::open(&d).unwrap();
         assert!(r.cut_bytes > 0);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(j.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(r.ticks.len(), 2);
         assert_eq!(r.ticks[0].counter, 7);
         assert_eq!(
