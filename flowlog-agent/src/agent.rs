@@ -936,33 +936,31 @@ impl Agent<'_> {
                 .collect();
             let mut journaling =
                 begin_tick(self.journal.as_mut(), counter, offset, &runs, &ends, &skip);
-            let mut idle = self.maps.drain_idle()?;
+            let idle = self.maps.drain_idle()?;
             streams += feed
-                .streams(&mut idle, &mut runs, &skip, journaling.as_mut())
+                .generation(
+                    idle,
+                    &mut runs,
+                    &skip,
+                    journaling.as_mut(),
+                    &mut skipped_total,
+                )
                 .await?;
-            feed.skips(
-                idle.finish()?,
-                &mut runs,
-                &skip,
-                journaling.as_mut(),
-                &mut skipped_total,
-            );
             seal(journaling);
         }
         let counter = self.maps.window_counter();
         let mut journaling =
             begin_tick(self.journal.as_mut(), counter, offset, &runs, &ends, &none);
-        let mut drain = self.maps.switch()?;
+        let drain = self.maps.switch()?;
         streams += feed
-            .streams(&mut drain, &mut runs, &none, journaling.as_mut())
+            .generation(
+                drain,
+                &mut runs,
+                &none,
+                journaling.as_mut(),
+                &mut skipped_total,
+            )
             .await?;
-        feed.skips(
-            drain.finish()?,
-            &mut runs,
-            &none,
-            journaling.as_mut(),
-            &mut skipped_total,
-        );
         // On disk before the generation is cleared (below, once the records are out).
         if seal(journaling) && failpoint("tick-journaled") {
             error!("FLOWLOG_FAILPOINT=tick-journaled: aborting between the journal and the clear");
@@ -1048,6 +1046,23 @@ struct Feed<'a, 'e> {
 }
 
 impl Feed<'_, '_> {
+    /// A generation's streams, then its skip counters (see `streams` and `skips`);
+    /// returns the number of streams.
+    async fn generation(
+        &self,
+        mut drain: crate::drain::GenerationDrain<'_>,
+        runs: &mut [(&String, &mut Running)],
+        skip: &[bool],
+        mut journaling: Option<&mut Journaling<'_>>,
+        total: &mut SkipStats,
+    ) -> Result<usize, AgentError> {
+        let streams = self
+            .streams(&mut drain, runs, skip, journaling.as_deref_mut())
+            .await?;
+        self.skips(drain.finish()?, runs, skip, journaling, total);
+        Ok(streams)
+    }
+
     /// Every stream of a generation to the instances covering its interface; returns
     /// the number of streams.
     async fn streams(

@@ -31,7 +31,7 @@ pub mod traffic;
 
 pub use agent::{agent_bin, run_to_exit, Agent, Exited, Wrapped};
 pub use netns::{in_netns, ns_exec, ns_exec_unchecked, with_netns, Netns, VethPair};
-pub use record::{totals, validate_record_shape, Filter, Record};
+pub use record::{read_records, totals, validate_record_shape, Filter, Record};
 
 /// Panics with a clear message unless the tests run as root.
 pub fn require_root() {

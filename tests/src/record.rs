@@ -155,6 +155,15 @@ impl fmt::Display for Record {
 }
 
 /// Sum of packets and bytes of `records`.
+/// The records of a JSON-lines file an agent appended to (none if it does not exist).
+pub fn read_records(path: &str) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| Record::parse(l).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
 pub fn totals<'a>(records: impl IntoIterator<Item = &'a Record>) -> (u64, u64) {
     records
         .into_iter()

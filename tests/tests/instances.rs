@@ -8,19 +8,12 @@ use flowlog_tests::{
     control::Control,
     known,
     netns::{ifname, run},
+    read_records,
     record::Record,
     require_root, scrape, totals,
     traffic::{udp_send, v4, v6, UdpSink},
     Agent, Filter, Netns, VethPair,
 };
-
-fn read_records(path: &str) -> Vec<Record> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| Record::parse(l).unwrap())
-        .collect()
-}
 
 /// Packets and bytes of the known burst's stream from `src` to `dst` on `eni` in
 /// direction `dir`.

@@ -11,7 +11,7 @@ use flowlog_tests::{
     control::Control,
     known,
     netns::{assert_detached, BpfFs},
-    require_root, run_to_exit, totals, Agent, Netns, Record, VethPair, Wrapped,
+    read_records, require_root, run_to_exit, totals, Agent, Netns, Record, VethPair, Wrapped,
 };
 
 /// 6,000 paced datagrams over 12 s from A to B on one stream; returns how many left.
@@ -139,14 +139,6 @@ fn sigusr2_hands_over_to_the_next_agent_and_cleanup_removes_the_pins() {
     assert_detached(a.name(), &v.if_a);
 }
 
-fn read_records(path: &str) -> Vec<Record> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| Record::parse(l).unwrap())
-        .collect()
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -163,6 +155,49 @@ fn per_6s(records: &[Record], v: &VethPair) -> BTreeMap<u64, u64> {
     m
 }
 
+/// The journal tests' flow logs on A's end: `fast` (2 s windows) and `slow` (6 s, three
+/// 2 s capture ticks), each appending to its own file.
+struct TwoFlowLogs {
+    ctl: Control,
+    pin: String,
+    fast: String,
+    slow: String,
+}
+
+impl TwoFlowLogs {
+    fn new(setup: &Setup, tag: &str) -> TwoFlowLogs {
+        let ctl = Control::new(tag);
+        let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
+        TwoFlowLogs {
+            pin: setup.fs.pin_dir(),
+            ctl,
+            fast,
+            slow,
+        }
+    }
+
+    fn create(&self, v: &VethPair) {
+        self.ctl
+            .create_eni("fast", &v.if_a, "2s", &["--output", &self.fast]);
+        self.ctl
+            .create_eni("slow", &v.if_a, "6s", &["--output", &self.slow]);
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.ctl.state_dir()).join("ticks.journal")
+    }
+
+    /// Every packet of the known stream in exactly one record of each flow log, and
+    /// the journal emptied by the clean stop; returns both flow logs' records.
+    fn assert_each_counts(&self, v: &VethPair, sent: u64) -> (Vec<Record>, Vec<Record>) {
+        let (fast, slow) = (read_records(&self.fast), read_records(&self.slow));
+        assert_eq!(totals(known::filter(v).select(&fast)).0, sent);
+        assert_eq!(totals(known::filter(v).select(&slow)).0, sent);
+        assert_eq!(std::fs::metadata(self.journal()).unwrap().len(), 0);
+        (fast, slow)
+    }
+}
+
 /// Two flow logs on one interface, 2 s and 6 s windows: the 6 s one accumulates three
 /// capture ticks in the agent. A SIGKILL in the middle of a 6 s window, after ticks of
 /// it were drained from the kernel, and a restart: the tick journal carries those
@@ -172,12 +207,9 @@ fn per_6s(records: &[Record], v: &VethPair) -> BTreeMap<u64, u64> {
 fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
     let setup = Setup::new("jrnl");
     let Setup { fs, a, v, sink, .. } = &setup;
-    let ctl = Control::new("jrnl");
-    let pin = fs.pin_dir();
-    let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
-    let first = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
-    ctl.create_eni("fast", &v.if_a, "2s", &["--output", &fast]);
-    ctl.create_eni("slow", &v.if_a, "6s", &["--output", &slow]);
+    let two = TwoFlowLogs::new(&setup, "jrnl");
+    let first = two.ctl.start_agent(a.name(), &["--pin-dir", &two.pin]);
+    two.create(v);
     let started = unix_now();
     let sender = known::paced(a, v, 3000, 64, Duration::from_secs(15));
     // Kill 3.0-3.6 s into a 6 s window, at least 4 s in: the tick that ended 2 s into
@@ -193,14 +225,13 @@ fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
     let killed_at = unix_now() as u64;
     let before = first.kill();
     assert!(before.is_empty(), "records go to the flow logs' files");
-    let journal = std::path::Path::new(&ctl.state_dir()).join("ticks.journal");
-    let journaled = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let journaled = std::fs::metadata(two.journal()).map_or(0, |m| m.len());
     assert!(
         journaled > 0,
         "the drained tick is in {}",
-        journal.display()
+        two.journal().display()
     );
-    let second = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
+    let second = two.ctl.start_agent(a.name(), &["--pin-dir", &two.pin]);
     let sent = sender.join().unwrap() as u64;
     assert_eq!(sink.wait_for(sent, Duration::from_secs(5)), sent);
     let stderr = second.stderr();
@@ -211,10 +242,7 @@ fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
         "{stderr}"
     );
     assert!(!stderr.contains("flow_log=fast ticks="), "{stderr}");
-    let (fast, slow) = (read_records(&fast), read_records(&slow));
-    // Every packet in exactly one record of each flow log.
-    assert_eq!(totals(known::filter(v).select(&fast)).0, sent);
-    assert_eq!(totals(known::filter(v).select(&slow)).0, sent);
+    let (fast, slow) = two.assert_each_counts(v, sent);
     // Per 6 s window the same packets, including the window the agent died in, which
     // the 6 s flow log reports as one record (not cut at the restart).
     let (gf, gs) = (per_6s(&fast, v), per_6s(&slow, v));
@@ -230,8 +258,7 @@ fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
         slow_crash[0].end() - slow_crash[0].start(),
         6 - slow_crash[0].start() % 6
     );
-    // A clean stop empties the journal and leaves nothing pinned.
-    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    // A clean stop leaves nothing pinned.
     assert!(fs.pinned().is_empty(), "{:?}", fs.pinned());
 }
 
@@ -243,30 +270,26 @@ fn sigkill_keeps_the_drained_ticks_of_a_longer_window() {
 #[test]
 fn a_crash_between_journal_and_clear_counts_the_tick_once() {
     let setup = Setup::new("jrnc");
-    let Setup { fs, a, v, sink, .. } = &setup;
-    let ctl = Control::new("jrnc");
-    let pin = fs.pin_dir();
-    let (fast, slow) = (ctl.path("fast.json"), ctl.path("slow.json"));
-    let mut args = ctl.run_args();
-    args.extend(["--pin-dir".to_string(), pin.clone()]);
+    let Setup { a, v, sink, .. } = &setup;
+    let two = TwoFlowLogs::new(&setup, "jrnc");
+    let mut args = two.ctl.run_args();
+    args.extend(["--pin-dir".to_string(), two.pin.clone()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let crashing = Wrapped {
         wrapper: vec!["env".into(), "FLOWLOG_FAILPOINT=tick-journaled".into()],
         ..Wrapped::none()
     };
     let first = Agent::start_wrapped(a.name(), &crashing, &args);
-    ctl.create_eni("fast", &v.if_a, "2s", &["--output", &fast]);
-    ctl.create_eni("slow", &v.if_a, "6s", &["--output", &slow]);
+    two.create(v);
     let sender = known::paced(a, v, 2000, 64, Duration::from_secs(12));
-    let journal = std::path::Path::new(&ctl.state_dir()).join("ticks.journal");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::fs::metadata(&journal).map_or(0, |m| m.len()) == 0 {
+    while std::fs::metadata(two.journal()).map_or(0, |m| m.len()) == 0 {
         assert!(std::time::Instant::now() < deadline, "no tick journaled");
         thread::sleep(Duration::from_millis(20));
     }
     thread::sleep(Duration::from_millis(300));
     drop(first.kill());
-    let second = ctl.start_agent(a.name(), &["--pin-dir", &pin]);
+    let second = two.ctl.start_agent(a.name(), &["--pin-dir", &two.pin]);
     let sent = sender.join().unwrap() as u64;
     assert_eq!(sink.wait_for(sent, Duration::from_secs(5)), sent);
     let stderr = second.stderr();
@@ -276,8 +299,5 @@ fn a_crash_between_journal_and_clear_counts_the_tick_once() {
         "the drained generation was not cleared: {stderr}"
     );
     assert!(stderr.contains("flow_log=slow ticks=1"), "{stderr}");
-    let (fast, slow) = (read_records(&fast), read_records(&slow));
-    assert_eq!(totals(known::filter(v).select(&fast)).0, sent);
-    assert_eq!(totals(known::filter(v).select(&slow)).0, sent);
-    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    two.assert_each_counts(v, sent);
 }
