@@ -946,7 +946,9 @@ impl Agent<'_> {
                     &mut skipped_total,
                 )
                 .await?;
-            seal(journaling);
+            if seal(journaling) == Some(false) {
+                self.metrics.journal_errors.inc();
+            }
         }
         let counter = self.maps.window_counter();
         let mut journaling =
@@ -962,7 +964,11 @@ impl Agent<'_> {
             )
             .await?;
         // On disk before the generation is cleared (below, once the records are out).
-        if seal(journaling) && failpoint("tick-journaled") {
+        let journaled = seal(journaling);
+        if journaled == Some(false) {
+            self.metrics.journal_errors.inc();
+        }
+        if journaled == Some(true) && failpoint("tick-journaled") {
             error!("FLOWLOG_FAILPOINT=tick-journaled: aborting between the journal and the clear");
             std::process::abort();
         }
@@ -1012,8 +1018,10 @@ impl Agent<'_> {
                 j.clear()
             };
             if let Err(e) = done {
+                self.metrics.journal_errors.inc();
                 error!(error = %e, "tick journal not updated: a crash before the next window boundary could emit finished windows again");
             }
+            self.metrics.journal_bytes.set(j.len() as i64);
         }
         // The records are out: now empty the drained generation (idle for a tick).
         self.maps.clear_idle()?;
@@ -1190,16 +1198,15 @@ fn begin_tick<'j>(
     })
 }
 
-/// Completes a journaled tick (synced to disk); whether one was written.
-fn seal(journaling: Option<Journaling<'_>>) -> bool {
-    let Some(j) = journaling else {
-        return false;
-    };
+/// Completes a journaled tick (synced to disk): `None` when there was none to write,
+/// else whether it was written.
+fn seal(journaling: Option<Journaling<'_>>) -> Option<bool> {
+    let j = journaling?;
     match j.w.seal() {
-        Ok(()) => true,
+        Ok(()) => Some(true),
         Err(e) => {
             error!(error = %e, "tick journal: this tick is accumulated in memory only (a crash before its window ends would lose it)");
-            false
+            Some(false)
         }
     }
 }

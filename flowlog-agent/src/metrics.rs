@@ -87,6 +87,9 @@ pub struct Metrics {
     pub spool_dropped: Family<SinkLabels, Counter>,
     /// Network sinks: records the destination acknowledged.
     pub delivered: Family<SinkLabels, Counter>,
+    /// Tick journal: failed appends or updates, and its size.
+    pub journal_errors: Counter,
+    pub journal_bytes: Gauge,
     ready: AtomicBool,
     /// Unix seconds of the last emitted window (0: none yet; then start-up time).
     last_window_s: AtomicU64,
@@ -131,6 +134,8 @@ impl Metrics {
             spool_records: Family::default(),
             spool_dropped: Family::default(),
             delivered: Family::default(),
+            journal_errors: Counter::default(),
+            journal_bytes: Gauge::default(),
             ready: AtomicBool::new(false),
             last_window_s: AtomicU64::new(unix_s()),
             stall_after_s: AtomicU64::new(u64::MAX),
@@ -226,6 +231,16 @@ impl Metrics {
             "delivered_records",
             "Records a network sink's destination acknowledged (TCP: written and flushed)",
             m.delivered.clone(),
+        );
+        registry.register(
+            "tick_journal_errors",
+            "Failed appends or updates of the tick journal (those ticks are in memory only)",
+            m.journal_errors.clone(),
+        );
+        registry.register(
+            "tick_journal_bytes",
+            "Size of the tick journal (accumulated ticks of windows spanning several)",
+            m.journal_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -199,6 +199,11 @@ impl Journal {
         self.len == 0
     }
 
+    /// Bytes of whole blocks.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Starts a TICK block for the generation with window counter `counter`,
     /// accumulated by `accumulating`; the kernel's times are monotonic ns,
     /// `mono_to_unix` away from unix time.
