@@ -52,7 +52,7 @@ use std::collections::HashMap as HashMap_;
 use flowlog_common::{
     config, counter, names,
     table::{self, PROBES},
-    CacheSlot, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats,
+    CacheSlot, CpuCache, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats,
 };
 
 use crate::{
@@ -357,9 +357,8 @@ pub struct FlowMaps {
     active: u32,
     /// `CONFIG[GENERATION]`: the window counter (`& 1` = `active`).
     counter: u32,
-    /// The per-CPU stream caches of the two generations (generation `g`'s slots are
-    /// `g * CACHE_SLOTS ..`).
-    cache: PerCpuArray<MapData, CacheSlot>,
+    /// The CPUs' stream caches of the two generations (element `cpu * 2 + g`).
+    cache: Array<MapData, CpuCache>,
     /// Generations read but not yet cleared (step 4).
     dirty: [bool; 2],
 }
@@ -518,17 +517,16 @@ impl FlowMaps {
         })
     }
 
-    /// The per-CPU cache slots of generation `g` tagged `tag`, summed per stream.
+    /// The CPUs' cache slots of generation `g` tagged `tag`, summed per stream.
     fn cached(&self, g: u32, tag: u32) -> Result<HashMap_<FlowKey, CacheSlot>, DrainError> {
         let mut out: HashMap_<FlowKey, CacheSlot> = HashMap_::new();
         let name = names::CACHE;
-        let slots = flowlog_common::CACHE_SLOTS;
-        for i in g * slots..(g + 1) * slots {
-            let per_cpu = self
+        for cpu in 0..self.cache.len() / 2 {
+            let slots = self
                 .cache
-                .get(&i, 0)
+                .get(&(cpu * 2 + g), 0)
                 .map_err(|source| DrainError::Read { name, source })?;
-            for slot in per_cpu.iter().filter(|s| s.tag == tag && s.packets > 0) {
+            for slot in slots.iter().filter(|s| s.tag == tag && s.packets > 0) {
                 out.entry(slot.key)
                     .and_modify(|d| {
                         d.packets += slot.packets;

@@ -109,8 +109,22 @@ pub fn sized<'a>(max_flows: u32) -> EbpfLoader<'a> {
         )
         .map_max_entries(names::TABLE, max_flows.saturating_mul(2))
         .map_max_entries(names::FLOWS[0], table::overflow(max_flows))
-        .map_max_entries(names::FLOWS[1], table::overflow(max_flows));
+        .map_max_entries(names::FLOWS[1], table::overflow(max_flows))
+        .map_max_entries(names::CACHE, flowlog_common::cache_entries(possible_cpus()));
     loader
+}
+
+/// The possible CPUs (what `bpf_get_smp_processor_id` ranges over); 1 if the kernel
+/// does not say, which leaves the other CPUs without a stream cache (slower, not
+/// wrong: their packets take the shared table).
+fn possible_cpus() -> u32 {
+    match aya::util::nr_cpus() {
+        Ok(n) => n as u32,
+        Err((path, error)) => {
+            warn!(path, %error, "possible CPUs unknown: only CPU 0 gets a stream cache");
+            1
+        }
+    }
 }
 
 /// Loads the object with map sizes from `cfg` and loads (verifies) every program. With

@@ -97,7 +97,7 @@ pub struct FlowStats {
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 
-/// One slot of the per-CPU cache of hot streams (`CACHE`, a generation's half): the
+/// One slot of a CPU's cache of hot streams (`CACHE`, see [`CpuCache`]): the
 /// counters a CPU added to one stream since it claimed the slot in this window. The
 /// stream's shared entry (its `TABLE` slot or `FLOWS_<gen>` overflow entry) exists (a cache slot
 /// is claimed only after it), and the agent adds the cache slots of a generation to
@@ -122,8 +122,21 @@ pub struct CacheSlot {
 }
 const _: () = assert!(core::mem::size_of::<CacheSlot>() == 80);
 
-/// Slots of the per-CPU stream cache (a power of two).
+/// Slots of a CPU's stream cache in one generation (a power of two).
 pub const CACHE_SLOTS: u32 = 512;
+
+/// One CPU's stream cache of one generation: element `cpu * 2 + generation` of the
+/// `CACHE` array ([`cache_entries`] elements). A plain array indexed by the CPU rather
+/// than a per-CPU array: a per-CPU array reaches each element through a pointer of
+/// its own (one more cache line read per packet), where here a slot's address is its
+/// CPU's element plus the slot's offset.
+pub type CpuCache = [CacheSlot; CACHE_SLOTS as usize];
+const _: () = assert!(core::mem::size_of::<CpuCache>() == 40960);
+
+/// Elements of `CACHE` for `cpus` possible CPUs: one per CPU and generation.
+pub const fn cache_entries(cpus: u32) -> u32 {
+    cpus.saturating_mul(2)
+}
 
 /// One slot of a window's flow table (`TABLE`, a `BPF_F_MMAPABLE` array): a
 /// stream's key and counters, in the order streams were placed, so the agent reads a
@@ -361,10 +374,11 @@ pub mod config {
 }
 
 /// Version of the kernel-side layout (map names, keys, values, `CONFIG` slots). 5:
-/// flow table, CPU cache and policy maps hold both generations in one map each. Pinned
+/// flow table, CPU cache and policy maps hold both generations in one map each. 6: the
+/// CPU cache is an array of [`CpuCache`] indexed by CPU and generation. Pinned
 /// objects live under `<pin dir>/v<LAYOUT_VERSION>/`; an agent never reads maps of
 /// another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// What the programs select per interface (`IFACES`, keyed by ifindex), written by the
 /// agent from the active flow logs covering the interface, and the interface's role in
@@ -582,7 +596,7 @@ pub mod names {
     pub const PATH_RULES: &str = "PATH_RULES";
     pub const PATH_CIDRS: &str = "PATH_CIDRS";
     pub const VERDICTS: &str = "VERDICTS";
-    /// The per-CPU stream caches, both generations (`CACHE_SLOTS` slots each).
+    /// The CPUs' stream caches: one [`super::CpuCache`] per CPU and generation.
     pub const CACHE: &str = "CACHE";
     /// The flow table's slots, both generations (`max_flows` slots each).
     pub const TABLE: &str = "TABLE";

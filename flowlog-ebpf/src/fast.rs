@@ -10,10 +10,10 @@
 //! skips work, never decides differently.
 use core::ptr::read_volatile;
 
-use flowlog_common::{action, config, family, key_flags, CACHE_SLOTS, TRAFFIC_PATH_UNCLASSIFIED};
+use flowlog_common::{action, config, family, key_flags, TRAFFIC_PATH_UNCLASSIFIED};
 
 use crate::{
-    flows::{cache_index_of, CACHE},
+    flows::{cache_index_of, cache_slot},
     parse::{Packet, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST},
     prog::CONFIG,
 };
@@ -88,9 +88,8 @@ fn count<P: Packet>(pkt: &P, dir: u8, f: &Plain) -> bool {
     let w10 = f.proto | (f.family as u32) << 8 | (dir as u32) << 16 | (action::ACCEPT as u32) << 24;
     let w11 = key_flags::PORTS as u64 | (TRAFFIC_PATH_UNCLASSIFIED as u64) << 8;
     let ports = (f.key[4] >> 32) as u32;
-    let slot = (counter & 1) * CACHE_SLOTS
-        + cache_index_of(ifindex, f.idx[0], f.idx[1], f.idx[2], f.idx[3], ports, w10);
-    let Some(c) = CACHE.get_ptr_mut(slot) else {
+    let i = cache_index_of(ifindex, f.idx[0], f.idx[1], f.idx[2], f.idx[3], ports, w10);
+    let Some(c) = cache_slot(counter, i) else {
         return false;
     };
     // SAFETY: this CPU's slot (see `flows::record`).

@@ -10,7 +10,7 @@
 //! - `FLOWS_<gen>`: a small overflow hash map for the streams whose probes found no
 //!   entry;
 //!
-//! in front of them a per-CPU cache of hot streams (`CACHE`), and the per-interface
+//! in front of them each CPU's cache of hot streams (`CACHE`), and the per-interface
 //! skip counters of streams that did not fit (the window's SKIPDATA record).
 //!
 //! The maps read on every packet hold both generations (the generation picks a range
@@ -23,14 +23,14 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     cty::c_void,
-    helpers::{bpf_ktime_get_coarse_ns, generated::bpf_loop},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, generated::bpf_loop},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap},
 };
 use flowlog_common::{
-    config, counter,
+    cache_entries, config, counter,
     table::{self, PROBES, SLOT_DEAD, SLOT_EMPTY, SLOT_WRITING},
-    CacheSlot, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats, CACHE_SLOTS,
+    CacheSlot, CpuCache, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats, CACHE_SLOTS,
 };
 
 use crate::{
@@ -88,13 +88,25 @@ pub(crate) fn window_counter() -> u32 {
     }
 }
 
-/// Hot streams per CPU: slots `[gen * CACHE_SLOTS, gen * CACHE_SLOTS + CACHE_SLOTS)`
-/// are generation `gen`'s; counters added without atomics and without a shared-map
-/// lookup (see `CacheSlot`).
+/// Hot streams per CPU: element `cpu * 2 + gen` holds CPU `cpu`'s slots of generation
+/// `gen` (see `CpuCache`); counters added without atomics and without a shared-map
+/// lookup (see `CacheSlot`). The agent sizes it for the possible CPUs (one CPU here).
 #[map(name = "CACHE")]
-pub(crate) static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
+pub(crate) static CACHE: Array<CpuCache> = Array::with_max_entries(cache_entries(1), 0);
 
-/// The stream's slot in a generation's half of the CPU cache: one multiply over the
+/// This CPU's cache slot `i` (masked to the cache) of generation `gen`; `None` on a
+/// CPU the agent did not size the cache for (its packets then take the shared table,
+/// counted all the same).
+#[inline(always)]
+pub(crate) fn cache_slot(gen: u32, i: u32) -> Option<*mut CacheSlot> {
+    // SAFETY: helper without arguments; a program does not migrate while it runs.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let mine = CACHE.get_ptr_mut(cpu.wrapping_mul(2).wrapping_add(gen & 1))?;
+    // SAFETY: a live array element; the slot index is masked to its `CACHE_SLOTS`.
+    Some(unsafe { addr_of_mut!((*mine)[(i & (CACHE_SLOTS - 1)) as usize]) })
+}
+
+/// The stream's slot in this CPU's cache of a generation: one multiply over the
 /// xor of the key words the table hash reads (a collision only costs a cache miss;
 /// the table's hash is computed only after one).
 #[inline(always)]
@@ -399,7 +411,7 @@ pub(crate) fn record(p: &Parsed) -> Recorded {
     // The CPU's cache first: a hit adds without atomics or a shared lookup. FIN/RST
     // packets take the shared entry (they stamp its end time).
     let slot = if closed == 0 {
-        CACHE.get_ptr_mut(gen * CACHE_SLOTS + cache_index(&p.key))
+        cache_slot(gen, cache_index(&p.key))
     } else {
         None
     };

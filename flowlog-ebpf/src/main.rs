@@ -8,7 +8,7 @@
 //!                        │ parse: Ethernet ▸ 802.1Q/802.1ad ▸ IPv4/IPv6 (+ext hdrs) ▸ L4 ports
 //!                        │ policy: binding ▸ verdict cache / LPM + rule walk / conntrack
 //!                        ▼
-//!  CONFIG[GENERATION] ─▶ CACHE[gen half] (per CPU, 512 hot streams, plain adds)
+//!  CONFIG[GENERATION] ─▶ CACHE[cpu, gen] (512 hot streams of this CPU, plain adds)
 //!                        │  miss ▼
 //!                        INDEX[gen half]  hash index: 8-byte entries, 2 per stream, linear
 //!                        │  probes ≤ 16, CAS claim ─▶ TABLE[gen half]  FlowSlot{key, stats},

@@ -17,14 +17,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use flowlog_agent::drain::MappedTable;
 use flowlog_common::{
-    action, counter, direction, family, key_flags, names, CacheSlot, FlowKey, FlowStats,
-    CACHE_SLOTS, TRAFFIC_PATH_UNCLASSIFIED,
+    action, counter, direction, family, key_flags, names, CpuCache, FlowKey, FlowStats,
+    TRAFFIC_PATH_UNCLASSIFIED,
 };
 use flowlog_tests::{packet::*, require_root};
 
@@ -231,12 +231,12 @@ impl Progs {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), out.len(), "a stream placed twice: {out:?}");
-        let cache: PerCpuArray<_, CacheSlot> =
-            PerCpuArray::try_from(self.ebpf.map(names::CACHE).expect("CACHE map"))
-                .expect("CACHE is a per-CPU array of CacheSlot");
-        // Generation 0's half of the cache.
-        for i in 0..CACHE_SLOTS {
-            for slot in cache.get(&i, 0).expect("CACHE slot").iter() {
+        let cache: Array<_, CpuCache> =
+            Array::try_from(self.ebpf.map(names::CACHE).expect("CACHE map"))
+                .expect("CACHE is an array of CpuCache");
+        // Generation 0's caches: element `cpu * 2`.
+        for cpu in 0..cache.len() / 2 {
+            for slot in cache.get(&(cpu * 2), 0).expect("CACHE element").iter() {
                 if slot.tag != 1 || slot.packets == 0 {
                     continue;
                 }
@@ -1260,9 +1260,10 @@ fn cpus_racing_on_new_streams_count_each_once() {
     assert!(drained.skipped.is_empty());
 }
 
-/// Generation 1 lives in the second half of `INDEX`, `TABLE` and `CACHE`: after a
-/// switch the programs place new streams there (index entries numbering slots after
-/// generation 0's), their later packets go to generation 1's half of the CPU cache,
+/// Generation 1 lives in the second half of `INDEX` and `TABLE` and in the odd
+/// elements of `CACHE`: after a switch the programs place new streams there (index
+/// entries numbering slots after generation 0's), their later packets go to the CPU's
+/// generation-1 cache,
 /// and the drain reads, merges (with an overflow entry of the same stream, found
 /// through the index) and empties them; generation 0's half stays untouched.
 #[test]
