@@ -24,9 +24,10 @@
 //!   `PolicyMaps`, the packet matching the last rule, stateless and stateful.
 //! - **insitu** (`kernel_ns_in_situ_*`): the program attached (TCX ingress, by this
 //!   process with aya) to a receiving veth under real traffic with 1 or 100k live
-//!   flows; `BPF_ENABLE_STATS` (what `kernel.bpf_stats_enabled=1` switches) on only for
-//!   this phase; run_time_ns/run_cnt delta over the measured interval, flowlog minus
-//!   the empty program attached the same way, interleaved rounds, medians.
+//!   flows (the full run also 250, 4k and 30k); `BPF_ENABLE_STATS` (what
+//!   `kernel.bpf_stats_enabled=1` switches) on only for this phase; run_time_ns/run_cnt
+//!   delta over the measured interval, flowlog minus the empty program attached the
+//!   same way, interleaved rounds, medians.
 //! - **veth** (`veth_pps_ratio*`, `added_ns_vs_softflowd*`): namespaces `S` and `R`
 //!   joined by four identical veth pairs (IPv6 off, so only bench traffic crosses),
 //!   one per setup: nothing; the empty program on TCX ingress+egress; the real agent
