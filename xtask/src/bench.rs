@@ -27,7 +27,10 @@
 //!   flows (the full run also 250, 4k and 30k); `BPF_ENABLE_STATS` (what
 //!   `kernel.bpf_stats_enabled=1` switches) on only for this phase; run_time_ns/run_cnt
 //!   delta over the measured interval, flowlog minus the empty program attached the
-//!   same way, interleaved rounds, medians.
+//!   same way, interleaved rounds, medians. With it, **memory**
+//!   (`memory_ns_per_dependent_read_*`): a user-space pointer chase over a random cycle
+//!   of as many 88-byte records as the table slots of 4k, 30k and 100k streams, against
+//!   250 records: what one read of a stream's slot costs at that many streams.
 //! - **veth** (`veth_pps_ratio*`, `added_ns_vs_softflowd*`): namespaces `S` and `R`
 //!   joined by four identical veth pairs (IPv6 off, so only bench traffic crosses),
 //!   one per setup: nothing; the empty program on TCX ingress+egress; the real agent

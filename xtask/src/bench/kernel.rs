@@ -647,3 +647,61 @@ pub fn flows_label(n: usize) -> String {
         n => format!("{n}_flows"),
     }
 }
+
+/// The memory floor under the in-situ rows: ns per dependent random read over as many
+/// 88-byte records as the flow table holds slots for N streams (a pointer chase over a
+/// random cycle, so no read can start before the previous one ends and no prefetcher
+/// guesses the next), against the same chase over 250 records (L1-resident). A packet
+/// of a stream the CPU cache does not hold reads at least one such record (its table
+/// slot) before it can add to it.
+pub fn memory_floor(counts: &[usize], steps: usize) -> Result<(Vec<Row>, serde_json::Value)> {
+    const WORDS: usize = 11; // 88 bytes, a `FlowSlot`
+    let chase = |n: usize| -> f64 {
+        // A random cyclic permutation (Sattolo's shuffle, xorshift), stored in word 0.
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in (1..n).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % i as u64) as usize);
+        }
+        let mut slots = vec![[0u64; WORDS]; n];
+        for i in 0..n {
+            slots[order[i]][0] = order[(i + 1) % n] as u64;
+        }
+        let mut at = 0usize;
+        for _ in 0..n {
+            at = slots[at][0] as usize; // warm up: one lap
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            at = std::hint::black_box(slots[at][0]) as usize;
+        }
+        let ns = start.elapsed().as_nanos() as f64 / steps as f64;
+        std::hint::black_box(at);
+        ns
+    };
+    let base = median(&[chase(250), chase(250), chase(250)]);
+    let mut rows = Vec::new();
+    let mut samples = json!({"250_flows_ns": base});
+    for &n in counts {
+        let ns = median(&[chase(n), chase(n), chase(n)]);
+        let label = flows_label(n);
+        samples[&label] = json!(ns);
+        rows.push(
+            Row::new(
+                &format!("memory_ns_per_dependent_read_{label}"),
+                ns,
+                "ns",
+                base,
+                "ns (the same chase over 250 records)",
+            )
+            .note(format!(
+                "user space, one thread: a pointer chase over a random cycle of {n} 88-byte records ({:.1} MiB, the table slots of {n} streams), {steps} dependent reads, median of 3; what one read of a stream's table slot costs at that many streams before any work on it",
+                (n * WORDS * 8) as f64 / (1 << 20) as f64
+            )),
+        );
+    }
+    Ok((rows, samples))
+}

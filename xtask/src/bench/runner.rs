@@ -209,6 +209,9 @@ impl Bench {
                     },
                 };
                 self.scenario("insitu", |_| kernel::in_situ(obj, &topo, &plan))?;
+                self.scenario("memory", |_| {
+                    kernel::memory_floor(&[4_000, 30_000, 100_000], 20_000_000)
+                })?;
             }
             if self.wants(Scenario::Rss) {
                 let plan = rss::RssPlan {
