@@ -1196,6 +1196,71 @@ fn pin_to(cpu: usize) -> bool {
     }
 }
 
+/// Each CPU counts a stream's cached packets in its own `CACHE` element (`cpu * 2 +
+/// generation`), and the drain adds the CPUs' elements up: one stream, ten packets from
+/// CPU 0 and then ten from CPU 1. On each CPU the first packet takes the shared table
+/// slot (and claims that CPU's cache slot), the other nine the CPU's cache.
+#[test]
+fn each_cpu_caches_in_its_own_element() {
+    if aya::util::nr_cpus().map_or(1, |n| n) < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let mut p = Progs::load();
+    let frame = eth4(&ip4(IPPROTO_UDP).build(&udp(4000, 53, &payload(20))));
+    {
+        let prog: &SchedClassifier = p
+            .ebpf
+            .program(names::TC_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        for cpu in [0, 1] {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    assert!(pin_to(cpu), "pinning to CPU {cpu}");
+                    for _ in 0..10 {
+                        let r = prog
+                            .test_run(TestRunOptions {
+                                data_in: Some(&frame),
+                                ..TestRunOptions::default()
+                            })
+                            .expect("test run");
+                        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+                    }
+                });
+            });
+        }
+    }
+    let cache: Array<_, CpuCache> =
+        Array::try_from(p.ebpf.map(names::CACHE).expect("CACHE map")).expect("CACHE array");
+    let cached: Vec<u64> = (0..cache.len())
+        .map(|e| {
+            let slots = cache.get(&e, 0).expect("CACHE element");
+            slots.iter().filter(|s| s.tag == 1).map(|s| s.packets).sum()
+        })
+        .collect();
+    let mut want = vec![0u64; cached.len()];
+    want[0] = 9; // CPU 0, generation 0
+    want[2] = 9; // CPU 1, generation 0
+    assert_eq!(cached, want, "packets cached per CACHE element");
+    let table = MappedTable::of(&p.ebpf, 0).expect("mapping generation 0 of TABLE");
+    let shared: u64 = table.streams().iter().map(|(_, s)| s.packets).sum();
+    assert_eq!(shared, 2, "one packet per CPU in the shared slot");
+    let mut maps = flowlog_agent::drain::FlowMaps::take(&mut p.ebpf, MAX_FLOWS).expect("maps");
+    let drained = maps.switch_and_drain().expect("drain");
+    let got: Vec<(u16, u64, u64)> = drained
+        .flows
+        .iter()
+        .map(|(k, s)| (k.src_port, s.packets, s.bytes))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(4000, 20, 20 * 48)],
+        "the drain adds both CPUs up"
+    );
+}
+
 /// Two CPUs run the same 5,000 new streams at the same moment, frame for frame: they
 /// race to claim each stream's table slot (compare-and-swap), and a loser counts in
 /// the slot the winner published, or in the overflow map while the slot is still
