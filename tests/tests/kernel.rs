@@ -1186,6 +1186,27 @@ fn verifier_work_stays_within_budget() {
     }
 }
 
+/// The egress program, for tests that run it from several threads.
+fn tc_egress(p: &Progs) -> &SchedClassifier {
+    p.ebpf
+        .program(names::TC_EGRESS)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// One test run of `frame` through `prog` on the calling thread's CPU; the observer
+/// passes it on.
+fn run_here(prog: &SchedClassifier, frame: &[u8]) {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
+        .expect("test run");
+    assert_eq!(r.return_value, TC_ACT_UNSPEC);
+}
+
 /// Pins the calling thread to `cpu` (false if the machine has no such CPU).
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
@@ -1209,24 +1230,13 @@ fn each_cpu_caches_in_its_own_element() {
     let mut p = Progs::load();
     let frame = eth4(&ip4(IPPROTO_UDP).build(&udp(4000, 53, &payload(20))));
     {
-        let prog: &SchedClassifier = p
-            .ebpf
-            .program(names::TC_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let prog = tc_egress(&p);
         for cpu in [0, 1] {
             std::thread::scope(|s| {
                 s.spawn(|| {
                     assert!(pin_to(cpu), "pinning to CPU {cpu}");
                     for _ in 0..10 {
-                        let r = prog
-                            .test_run(TestRunOptions {
-                                data_in: Some(&frame),
-                                ..TestRunOptions::default()
-                            })
-                            .expect("test run");
-                        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+                        run_here(prog, &frame);
                     }
                 });
             });
@@ -1275,12 +1285,7 @@ fn cpus_racing_on_new_streams_count_each_once() {
         .collect();
     let start = std::sync::Barrier::new(2);
     {
-        let prog: &SchedClassifier = p
-            .ebpf
-            .program(names::TC_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let prog = tc_egress(&p);
         std::thread::scope(|s| {
             for t in 0..2 {
                 let (frames, start) = (&frames, &start);
@@ -1288,13 +1293,7 @@ fn cpus_racing_on_new_streams_count_each_once() {
                     pin_to(t % cpus);
                     start.wait();
                     for f in frames {
-                        let r = prog
-                            .test_run(TestRunOptions {
-                                data_in: Some(f),
-                                ..TestRunOptions::default()
-                            })
-                            .expect("test run");
-                        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+                        run_here(prog, f);
                     }
                 });
             }
