@@ -50,7 +50,14 @@ pub struct Row {
     pub ratio_kind: RatioKind,
     pub target: Option<Target>,
     pub note: String,
+    /// Relative spread of the run's baseline samples, when it is large enough to move
+    /// the row across its target (see [`NOISY`]): the status says so.
+    pub noise: Option<f64>,
 }
+
+/// Baseline spread (MAD/median) above which a targeted row's status is marked as from
+/// a noisy run: the veth targets are a few percent wide, a quiet run spreads about 1 %.
+pub const NOISY: f64 = 0.02;
 
 impl Row {
     pub fn new(name: &str, value: f64, unit: &str, baseline: f64, baseline_desc: &str) -> Row {
@@ -63,7 +70,15 @@ impl Row {
             ratio_kind: RatioKind::OverBaseline,
             target: None,
             note: String::new(),
+            noise: None,
         }
+    }
+
+    /// Records the spread of the baseline samples behind the row (marked when above
+    /// [`NOISY`]).
+    pub fn spread(mut self, spread: f64) -> Row {
+        self.noise = (spread > NOISY).then_some(spread);
+        self
     }
 
     pub fn ratio_is_value(mut self) -> Row {
@@ -89,11 +104,15 @@ impl Row {
         }
     }
 
-    fn status(&self) -> &'static str {
-        match self.target {
+    fn status(&self) -> String {
+        let s = match self.target {
             Some(t) if t.met(self.value) => "met",
             Some(_) => "MISSED",
-            None => "",
+            None => return String::new(),
+        };
+        match self.noise {
+            Some(n) => format!("{s} (noisy run: baseline spread {:.1} %)", n * 100.0),
+            None => s.to_owned(),
         }
     }
 }
@@ -232,5 +251,10 @@ mod tests {
         let r = Row::new("x", 30.0, "ns", 60.0, "ns").target(Target::AtMost(60.0));
         assert_eq!(r.ratio(), 0.5);
         assert_eq!(r.status(), "met");
+        let noisy = Row::new("y", 0.9, "x", 1.0, "x")
+            .target(Target::AtLeast(0.95))
+            .spread(0.047);
+        assert_eq!(noisy.status(), "MISSED (noisy run: baseline spread 4.7 %)");
+        assert_eq!(r.spread(0.009).status(), "met");
     }
 }

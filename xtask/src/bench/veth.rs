@@ -525,6 +525,7 @@ fn rows_for(
     )
     .ratio_is_value()
     .target(Target::AtLeast(0.95))
+    .spread(m.spread)
     .note(format!(
         "{flows}, real agent vs no program over {rounds} interleaved rounds, {method}; per-round paired median {:.3}; medians: pps none {:.0}, empty {:.0}, flowlog {:.0}, softflowd {:.0}; CPU ns/packet none {:.0}, empty {:.0}, flowlog {:.0}, softflowd {:.0}; {calib_note}",
         m.paired(2),
@@ -563,6 +564,7 @@ fn rows_for(
         )
         .ratio_is_value()
         .target(Target::AtMost(0.2))
+        .spread(m.spread)
         .note(format!(
             "{flows}: ns per packet added to no program, medians of the same interleaved rounds, {}: flowlog {:.0} ns, softflowd {:.0} ns, empty program {:.0} ns; by {} instead: {:.0} / {:.0} = {:.2}",
             m.name.split(" (").next().unwrap_or(m.name),
