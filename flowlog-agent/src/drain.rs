@@ -524,7 +524,7 @@ impl FlowMaps {
         for cpu in 0..self.cache.len() / 2 {
             let slots = self
                 .cache
-                .get(&(cpu * 2 + g), 0)
+                .get(&flowlog_common::cache_element(cpu, g), 0)
                 .map_err(|source| DrainError::Read { name, source })?;
             for slot in slots.iter().filter(|s| s.tag == tag && s.packets > 0) {
                 out.entry(slot.key)

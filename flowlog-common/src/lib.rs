@@ -138,6 +138,11 @@ pub const fn cache_entries(cpus: u32) -> u32 {
     cpus.saturating_mul(2)
 }
 
+/// The `CACHE` element of CPU `cpu`'s cache of generation `generation` (`& 1`).
+pub const fn cache_element(cpu: u32, generation: u32) -> u32 {
+    cpu.wrapping_mul(2).wrapping_add(generation & 1)
+}
+
 /// One slot of a window's flow table (`TABLE`, a `BPF_F_MMAPABLE` array): a
 /// stream's key and counters, in the order streams were placed, so the agent reads a
 /// drained generation sequentially from its memory mapping. `stats.packets == 0`: an

@@ -28,7 +28,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use flowlog_common::{
-    cache_entries, config, counter,
+    cache_element, cache_entries, config, counter,
     table::{self, PROBES, SLOT_DEAD, SLOT_EMPTY, SLOT_WRITING},
     CacheSlot, CpuCache, FlowKey, FlowSlot, FlowStats, SkipKey, SkipStats, CACHE_SLOTS,
 };
@@ -101,7 +101,7 @@ pub(crate) static CACHE: Array<CpuCache> = Array::with_max_entries(cache_entries
 pub(crate) fn cache_slot(gen: u32, i: u32) -> Option<*mut CacheSlot> {
     // SAFETY: helper without arguments; a program does not migrate while it runs.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let mine = CACHE.get_ptr_mut(cpu.wrapping_mul(2).wrapping_add(gen & 1))?;
+    let mine = CACHE.get_ptr_mut(cache_element(cpu, gen))?;
     // SAFETY: a live array element; the slot index is masked to its `CACHE_SLOTS`.
     Some(unsafe { addr_of_mut!((*mine)[(i & (CACHE_SLOTS - 1)) as usize]) })
 }

@@ -23,8 +23,8 @@ use aya::{
 };
 use flowlog_agent::drain::MappedTable;
 use flowlog_common::{
-    action, counter, direction, family, key_flags, names, CpuCache, FlowKey, FlowStats,
-    TRAFFIC_PATH_UNCLASSIFIED,
+    action, cache_element, counter, direction, family, key_flags, names, CpuCache, FlowKey,
+    FlowStats, TRAFFIC_PATH_UNCLASSIFIED,
 };
 use flowlog_tests::{packet::*, require_root};
 
@@ -234,9 +234,13 @@ impl Progs {
         let cache: Array<_, CpuCache> =
             Array::try_from(self.ebpf.map(names::CACHE).expect("CACHE map"))
                 .expect("CACHE is an array of CpuCache");
-        // Generation 0's caches: element `cpu * 2`.
+        // Generation 0's caches.
         for cpu in 0..cache.len() / 2 {
-            for slot in cache.get(&(cpu * 2), 0).expect("CACHE element").iter() {
+            for slot in cache
+                .get(&cache_element(cpu, 0), 0)
+                .expect("CACHE element")
+                .iter()
+            {
                 if slot.tag != 1 || slot.packets == 0 {
                     continue;
                 }

@@ -229,7 +229,7 @@ fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
         ebpf.map_mut(names::CACHE).context("no CACHE")?.try_into()?;
     let empty = [flowlog_common::CacheSlot::default(); flowlog_common::CACHE_SLOTS as usize];
     for cpu in 0..cache.len() / 2 {
-        cache.set(cpu * 2, empty, 0)?;
+        cache.set(flowlog_common::cache_element(cpu, 0), empty, 0)?;
     }
     Ok(())
 }
